@@ -1,0 +1,132 @@
+//! The command line: clap arguments, rendering and exit codes. Holds no pipeline logic.
+
+mod args;
+mod bench;
+mod progress;
+mod render;
+
+use anyhow::{Context as _, Result};
+use args::{Args, Cmd};
+use clap::Parser;
+use pipe::config::{self, Loaded};
+use pipe::engine::{self, BuildOptions, Context};
+use pipe::stages::{self, Mode};
+use pipe::store::{Store, StoreOptions};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit codes: 0 success, 1 the work failed (a build, a verify), 2 bad input.
+pub(crate) enum Exit {
+    Ok,
+    Failed,
+}
+
+/// Bad input (config, tasks, arguments): exit 2, nothing written.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct BadInput(pub String);
+
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args) {
+        Ok(Exit::Ok) => ExitCode::SUCCESS,
+        Ok(Exit::Failed) => ExitCode::from(1),
+        Err(e) => render::error(&e),
+    }
+}
+
+fn load(args: &Args) -> Result<Loaded> {
+    config::load(&args.file).map_err(|e| BadInput(e.to_string()).into())
+}
+
+fn open_store(l: &Loaded) -> Result<Store> {
+    let dir = l.store_dir();
+    let opts = StoreOptions {
+        lease_ttl: Duration::from_secs_f64(l.config.store.lease_ttl_s.max(0.1)),
+        fsync: std::env::var("PIPE_UNSAFE_NO_FSYNC").is_err(),
+    };
+    Store::open(&dir, opts).with_context(|| format!("opening the store at {}", dir.display()))
+}
+
+fn mode(args: &Args) -> Mode {
+    if args.synthetic {
+        Mode::Synthetic
+    } else {
+        Mode::Real
+    }
+}
+
+fn run(args: Args) -> Result<Exit> {
+    if let Cmd::Bench(b) = &args.cmd {
+        return bench::run(&args, b);
+    }
+    let loaded = load(&args)?;
+    let pipeline = stages::pipeline(mode(&args));
+    let cx = Context::new(&loaded);
+    match &args.cmd {
+        Cmd::Build(b) => {
+            // Reject unknown targets before touching the store.
+            pipeline
+                .closure(&b.targets)
+                .map_err(|e| BadInput(e.to_string()))?;
+            let store = open_store(&loaded)?;
+            let opts = BuildOptions {
+                jobs: b.jobs.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(2, |n| n.get())
+                }),
+                dry_run: b.dry_run,
+                keep_going: b.keep_going,
+            };
+            let reporter = progress::Bars::new(b.json);
+            let rep = engine::build(&store, &pipeline, &cx, &b.targets, &opts, &reporter)?;
+            drop(reporter);
+            render::build(&rep, b.json, b.dry_run);
+            Ok(if rep.failures.is_empty() {
+                Exit::Ok
+            } else {
+                Exit::Failed
+            })
+        }
+        Cmd::Status(s) => {
+            let store = open_store(&loaded)?;
+            let st = engine::status(&store, &pipeline, &cx)?;
+            render::status(&st, s.json);
+            Ok(Exit::Ok)
+        }
+        Cmd::Explain(e) => {
+            pipeline
+                .closure(std::slice::from_ref(&e.target))
+                .map_err(|err| BadInput(err.to_string()))?;
+            let store = open_store(&loaded)?;
+            let ex = engine::explain(&store, &pipeline, &cx, &e.target)?;
+            render::explain(&ex, e.json);
+            Ok(Exit::Ok)
+        }
+        Cmd::Show(s) => {
+            let store = open_store(&loaded)?;
+            let v = pipe::inspect::show(&store, &pipeline, &cx, &s.what)?;
+            render::show(&v, s.json);
+            Ok(Exit::Ok)
+        }
+        Cmd::Verify(v) => {
+            let store = open_store(&loaded)?;
+            let rep = store.verify()?;
+            render::verify(&rep, v.json);
+            Ok(if rep.is_clean() { Exit::Ok } else { Exit::Failed })
+        }
+        Cmd::Gc(g) => {
+            let store = open_store(&loaded)?;
+            let rep = store.gc(g.grace, g.dry_run)?;
+            render::gc(&rep, g.json, g.dry_run);
+            Ok(Exit::Ok)
+        }
+        Cmd::Bench(_) => unreachable!("handled above"),
+    }
+}

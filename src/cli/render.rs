@@ -1,0 +1,177 @@
+//! Everything the CLI prints: results, and errors as `error:` / `caused by:` / `hint:`.
+
+use super::BadInput;
+use pipe::engine::StageState;
+use pipe::engine::build::{BuildError, BuildReport};
+use pipe::engine::explain::Explanation;
+use pipe::engine::{StageError, StageStatus};
+use pipe::store::maintain::{GcReport, VerifyReport};
+use serde_json::Value;
+use std::io::Write;
+use std::process::ExitCode;
+
+fn out(s: &str) {
+    let mut o = std::io::stdout().lock();
+    // A closed pipe (`pipe status | head`) is not an error.
+    let _ = writeln!(o, "{s}");
+}
+
+fn items(n: usize) -> String {
+    if n == 1 { "1 item".into() } else { format!("{n} items") }
+}
+
+fn json(v: &impl serde::Serialize) {
+    out(&serde_json::to_string_pretty(v).expect("serialisable"));
+}
+
+/// Print an error and choose the exit code: 2 for bad input, 1 otherwise.
+pub fn error(e: &anyhow::Error) -> ExitCode {
+    if let Some(b) = e.downcast_ref::<BadInput>() {
+        eprintln!("error: {b}");
+        return ExitCode::from(2);
+    }
+    eprintln!("error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    if let Some(BuildError::Stage { source, .. }) = e.downcast_ref::<BuildError>() {
+        match source {
+            StageError::Unavailable { .. } => eprintln!(
+                "hint: `pipe --synthetic build <target>` runs the engine with deterministic stand-in stages"
+            ),
+            StageError::Infra(_) => eprintln!(
+                "hint: nothing was recorded for this item; fix the server and rerun to resume"
+            ),
+            _ => {}
+        }
+    }
+    ExitCode::from(1)
+}
+
+/// `pipe build` summary.
+pub fn build(rep: &BuildReport, as_json: bool, dry_run: bool) {
+    if as_json {
+        return json(rep);
+    }
+    for s in &rep.stages {
+        let line = if s.up_to_date {
+            format!("{:<8} up to date ({})", s.target, items(s.total))
+        } else if let Some(dep) = &s.blocked_on {
+            format!("{:<8} not run: waits on `{dep}` ({} items)", s.target, s.total)
+        } else if dry_run {
+            format!(
+                "{:<8} would run {} of {} items ({} already in the store)",
+                s.target,
+                s.total - s.cached,
+                s.total,
+                s.cached
+            )
+        } else {
+            format!(
+                "{:<8} built: {} computed, {} by other workers, {} reused, {} failed (of {})",
+                s.target, s.computed, s.by_others, s.cached, s.failed, s.total
+            )
+        };
+        out(&line);
+    }
+    for f in &rep.failures {
+        out(&format!("failed: {} {}: {}", f.target, f.item, f.error));
+    }
+    for h in &rep.healed {
+        out(&format!("healed: object {h} was corrupt; quarantined and recomputed"));
+    }
+}
+
+/// `pipe status`.
+pub fn status(st: &[StageStatus], as_json: bool) {
+    if as_json {
+        return json(&st);
+    }
+    for s in st {
+        let what = match &s.state {
+            StageState::UpToDate { items: n } => format!("up to date ({})", items(*n)),
+            StageState::Partial {
+                done,
+                total,
+                running,
+            } => {
+                let mut l = format!("partial {done} of {total}");
+                if !running.is_empty() {
+                    let who: Vec<String> = running
+                        .iter()
+                        .take(3)
+                        .map(|(item, holder)| format!("{item} by {holder}"))
+                        .collect();
+                    l.push_str(&format!(", running {}: {}", running.len(), who.join(", ")));
+                    if running.len() > 3 {
+                        l.push_str(", …");
+                    }
+                }
+                l
+            }
+            StageState::Stale { reason } => format!("stale: {reason}"),
+            StageState::Missing => "missing".into(),
+        };
+        out(&format!("{:<8} {what}", s.target));
+    }
+}
+
+/// `pipe explain`.
+pub fn explain(ex: &[Explanation], as_json: bool) {
+    if as_json {
+        return json(&ex);
+    }
+    for e in ex {
+        out(&format!("{}: {}", e.target, e.verdict));
+        for c in &e.changes {
+            out(&format!("  {c}"));
+        }
+    }
+}
+
+/// `pipe show`.
+pub fn show(v: &Value, as_json: bool) {
+    // Artifacts are JSON through and through; the human form is the same, pretty-printed.
+    let _ = as_json;
+    json(v);
+}
+
+/// `pipe verify`.
+pub fn verify(rep: &VerifyReport, as_json: bool) {
+    if as_json {
+        return json(rep);
+    }
+    out(&format!(
+        "checked {} objects, {} records, {} refs",
+        rep.objects, rep.records, rep.refs
+    ));
+    for o in &rep.corrupt_objects {
+        out(&format!("corrupt object (quarantined): {o}"));
+    }
+    for r in &rep.bad_records {
+        out(&format!("bad record (quarantined): {r}"));
+    }
+    for r in &rep.dropped_refs {
+        out(&format!("ref dropped (target will rebuild what was lost): {r}"));
+    }
+    if rep.is_clean() {
+        out("store is consistent");
+    }
+}
+
+/// `pipe gc`.
+pub fn gc(rep: &GcReport, as_json: bool, dry_run: bool) {
+    if as_json {
+        return json(rep);
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    out(&format!(
+        "{verb} {} objects ({} bytes), {} records, {} leases, {} temp files; kept {} objects",
+        rep.removed_objects,
+        rep.bytes_freed,
+        rep.removed_records,
+        rep.removed_leases,
+        rep.removed_tmp,
+        rep.kept_objects
+    ));
+}

@@ -1,0 +1,399 @@
+//! `pipe build`: walk the closure of the targets in order, reuse what the store has, lease and
+//! compute the rest on `jobs` threads, commit records through leases, and write each stage's
+//! ref once all its items are in.
+
+use super::plan::{Evaluated, evaluate};
+use super::{Context, Job, Pipeline, Stage, StageError, Upstream};
+use crate::key::Hash;
+use crate::progress::Reporter;
+use crate::store::lease::now_ms;
+use crate::store::{Acquire, ActionRecord, Committed, Manifest, ManifestEntry, Ref, Store, StoreError};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Worker threads for a stage's items.
+    pub jobs: usize,
+    /// Only say what would run.
+    pub dry_run: bool,
+    /// Go on with other items after one fails (their dependants are skipped).
+    pub keep_going: bool,
+}
+
+/// What happened to one stage.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct StageRun {
+    /// Target.
+    pub target: String,
+    /// Items in all.
+    pub total: usize,
+    /// Already in the store when the stage started.
+    pub cached: usize,
+    /// Computed by this process.
+    pub computed: usize,
+    /// Committed by another process while we waited.
+    pub by_others: usize,
+    /// Failed.
+    pub failed: usize,
+    /// Nothing to do (the ref matched).
+    pub up_to_date: bool,
+    /// Not run: an input is not complete (dry run, or an upstream failure).
+    pub blocked_on: Option<String>,
+}
+
+/// An item that failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    /// Target.
+    pub target: String,
+    /// Item.
+    pub item: String,
+    /// Why.
+    pub error: String,
+}
+
+/// The outcome of a build that did not stop on a fatal error.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct BuildReport {
+    /// Per stage, in order.
+    pub stages: Vec<StageRun>,
+    /// Failed items.
+    pub failures: Vec<Failure>,
+    /// Objects quarantined because a read found them corrupt (then recomputed).
+    pub healed: Vec<String>,
+}
+
+/// A build that had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Unknown target.
+    #[error(transparent)]
+    Pipeline(#[from] super::PipelineError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stage hit an infrastructure error or is unavailable; nothing was recorded for it.
+    #[error("{target} {item}: {source}")]
+    Stage {
+        /// Target.
+        target: String,
+        /// Item.
+        item: String,
+        /// The error.
+        #[source]
+        source: StageError,
+    },
+}
+
+/// Build `targets`. A corrupt input object found while building is quarantined, the records
+/// that produced it are dropped, and the build starts over (at most twice), so a corrupt byte
+/// is never used and what it held is recomputed.
+pub fn build(
+    store: &Store,
+    pipeline: &Pipeline,
+    cx: &Context<'_>,
+    targets: &[String],
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+) -> Result<BuildReport, BuildError> {
+    let closure = pipeline.closure(targets)?;
+    if !opts.dry_run {
+        store.reap_tmp();
+    }
+    let mut healed = Vec::new();
+    loop {
+        match build_once(store, pipeline, cx, &closure, opts, reporter) {
+            Err(BuildError::Store(StoreError::CorruptObject { id, .. }))
+            | Err(BuildError::Stage {
+                source: StageError::Store(StoreError::CorruptObject { id, .. }),
+                ..
+            }) if healed.len() < 3 => {
+                tracing::warn!("object {id} is corrupt: quarantining it and rebuilding what made it");
+                store.heal(&id)?;
+                healed.push(id.to_hex());
+            }
+            Ok(mut rep) => {
+                rep.healed = healed;
+                return Ok(rep);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn build_once(
+    store: &Store,
+    pipeline: &Pipeline,
+    cx: &Context<'_>,
+    closure: &[usize],
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+) -> Result<BuildReport, BuildError> {
+    let mut rep = BuildReport::default();
+    let mut known: BTreeMap<String, Upstream> = BTreeMap::new();
+    for &i in closure {
+        let stage = pipeline.stages()[i].as_ref();
+        let name = stage.name();
+        if let Some(dep) = stage.deps().iter().find(|d| !known.contains_key(**d)) {
+            rep.stages.push(StageRun {
+                target: name.into(),
+                total: stage.items(cx).len(),
+                blocked_on: Some(dep.to_string()),
+                ..Default::default()
+            });
+            continue;
+        }
+        let outputs: BTreeMap<String, Hash> =
+            known.iter().map(|(k, u)| (k.clone(), u.output)).collect();
+        let ev = evaluate(stage, cx, &outputs);
+        let old = store.get_ref(name)?;
+        if let Some(r) = old.as_ref().filter(|r| r.stage_key == ev.stage_key) {
+            known.insert(name.into(), Upstream::new(r.output, r.manifest));
+            rep.stages.push(StageRun {
+                target: name.into(),
+                total: ev.items.len(),
+                cached: ev.items.len(),
+                up_to_date: true,
+                ..Default::default()
+            });
+            continue;
+        }
+        if opts.dry_run {
+            let cached = ev.keys.iter().filter(|k| store.has_record(k)).count();
+            rep.stages.push(StageRun {
+                target: name.into(),
+                total: ev.items.len(),
+                cached,
+                ..Default::default()
+            });
+            // Downstream keys need this stage's outputs: only a real build can tell.
+            continue;
+        }
+        let old_entries: HashMap<Hash, ManifestEntry> = match &old {
+            Some(r) => match store.manifest(&r.manifest) {
+                Ok(m) => m.entries.into_iter().map(|e| (e.key, e)).collect(),
+                Err(_) => HashMap::new(),
+            },
+            None => HashMap::new(),
+        };
+        cx.flush_blobs(store)?;
+        let common_id = store.put_json(&ev.common)?;
+        let (run, entries, failures) =
+            run_stage(store, stage, cx, &ev, common_id, &known, &old_entries, opts, reporter)?;
+        rep.stages.push(run);
+        if !failures.is_empty() {
+            rep.failures.extend(failures);
+            if !opts.keep_going {
+                return Ok(rep);
+            }
+            continue;
+        }
+        let manifest = Manifest { entries };
+        let manifest_id = store.put(&manifest.encode())?;
+        let output = manifest.output_hash();
+        crate::failpoint("build:before-ref");
+        store.set_ref(&Ref {
+            stage: name.into(),
+            stage_key: ev.stage_key,
+            common: common_id,
+            manifest: manifest_id,
+            output,
+            items: manifest.entries.len(),
+            built_ms: now_ms(),
+            producer: store.producer(),
+        })?;
+        known.insert(name.into(), Upstream::new(output, manifest_id));
+    }
+    Ok(rep)
+}
+
+type StageResult = (StageRun, Vec<ManifestEntry>, Vec<Failure>);
+
+#[allow(clippy::too_many_arguments)]
+fn run_stage(
+    store: &Store,
+    stage: &dyn Stage,
+    cx: &Context<'_>,
+    ev: &Evaluated,
+    common_id: Hash,
+    upstream: &BTreeMap<String, Upstream>,
+    old_entries: &HashMap<Hash, ManifestEntry>,
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+) -> Result<StageResult, BuildError> {
+    let name = stage.name();
+    let n = ev.items.len();
+    let slots: Vec<Mutex<Option<ManifestEntry>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    let mut todo = VecDeque::new();
+    let mut run = StageRun {
+        target: name.into(),
+        total: n,
+        ..Default::default()
+    };
+    for (i, (key, item)) in ev.keys.iter().zip(&ev.items).enumerate() {
+        if let Some(e) = old_entries.get(key) {
+            *slots[i].lock().unwrap() = Some(ManifestEntry {
+                id: item.id.clone(),
+                ..e.clone()
+            });
+            run.cached += 1;
+        } else if let Some(rec) = store.record(key)? {
+            // Found outside the last build: refresh it so a concurrent gc keeps it.
+            store.touch(&store.record_path(key));
+            *slots[i].lock().unwrap() = Some(entry(item, rec));
+            run.cached += 1;
+        } else {
+            todo.push_back((i, Instant::now(), 0u32));
+        }
+    }
+    reporter.stage_start(name, n, todo.len());
+    let queue = Mutex::new(todo);
+    let stop = AtomicBool::new(false);
+    let fatal: Mutex<Option<BuildError>> = Mutex::new(None);
+    let failures: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
+    let counts = Mutex::new((0usize, 0usize)); // (computed, by others)
+    let workers = opts.jobs.max(1).min(queue.lock().unwrap().len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let Some((i, attempts)) = next_ready(&queue) else {
+                        break;
+                    };
+                    let item = &ev.items[i];
+                    let key = ev.keys[i];
+                    let res = (|| -> Result<Option<(ManifestEntry, bool)>, BuildError> {
+                        if let Some(rec) = store.record(&key)? {
+                            return Ok(Some((entry(item, rec), false)));
+                        }
+                        let lease = match store.try_lease(&key)? {
+                            Acquire::Busy(_) => return Ok(None),
+                            Acquire::Held(l) => l,
+                        };
+                        // Double check: the holder before us may have committed and released.
+                        if let Some(rec) = store.record(&key)? {
+                            return Ok(Some((entry(item, rec), false)));
+                        }
+                        let started = now_ms();
+                        let job = Job {
+                            store,
+                            cx,
+                            item,
+                            params: &ev.params,
+                            upstream,
+                        };
+                        let out = stage.run(&job).map_err(|source| BuildError::Stage {
+                            target: name.into(),
+                            item: item.id.clone(),
+                            source,
+                        })?;
+                        let rec = ActionRecord {
+                            key,
+                            stage: name.into(),
+                            item: item.id.clone(),
+                            common: common_id,
+                            ingredients: item.ingredients.clone(),
+                            outputs: out.objects,
+                            summary: out.summary,
+                            producer: store.producer(),
+                            started_ms: started,
+                            finished_ms: now_ms(),
+                        };
+                        match lease.commit(&rec)? {
+                            Committed::Written => Ok(Some((entry(item, rec), true))),
+                            Committed::AlreadyPresent => {
+                                let theirs = store.record(&key)?.ok_or_else(|| {
+                                    StoreError::Corrupt {
+                                        what: format!("record {key} vanished after commit"),
+                                    }
+                                })?;
+                                Ok(Some((entry(item, theirs), false)))
+                            }
+                        }
+                    })();
+                    match res {
+                        Ok(Some((e, ours))) => {
+                            reporter.item_done(name, &item.id, &e.summary, ours);
+                            *slots[i].lock().unwrap() = Some(e);
+                            let mut c = counts.lock().unwrap();
+                            if ours { c.0 += 1 } else { c.1 += 1 }
+                        }
+                        Ok(None) => {
+                            // Leased by a live worker: look again later.
+                            let wait = Duration::from_millis((25u64 << attempts.min(4)).min(400));
+                            queue
+                                .lock()
+                                .unwrap()
+                                .push_back((i, Instant::now() + wait, attempts + 1));
+                        }
+                        Err(BuildError::Stage {
+                            source: StageError::Failed(msg),
+                            ..
+                        }) => {
+                            reporter.item_failed(name, &item.id, &msg);
+                            failures.lock().unwrap().push(Failure {
+                                target: name.into(),
+                                item: item.id.clone(),
+                                error: msg,
+                            });
+                            if !opts.keep_going {
+                                stop.store(true, Ordering::Relaxed);
+                            }
+                        }
+                        Err(e) => {
+                            fatal.lock().unwrap().get_or_insert(e);
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    reporter.stage_done(name);
+    if let Some(e) = fatal.into_inner().unwrap() {
+        return Err(e);
+    }
+    let (computed, by_others) = counts.into_inner().unwrap();
+    run.computed = computed;
+    run.by_others = by_others;
+    let failures = failures.into_inner().unwrap();
+    run.failed = failures.len();
+    let entries: Vec<ManifestEntry> = slots
+        .into_iter()
+        .filter_map(|s| s.into_inner().unwrap())
+        .collect();
+    Ok((run, entries, failures))
+}
+
+/// Pop the first item whose wait is over; sleep briefly when all are waiting on others.
+fn next_ready(queue: &Mutex<VecDeque<(usize, Instant, u32)>>) -> Option<(usize, u32)> {
+    loop {
+        let wait = {
+            let mut q = queue.lock().unwrap();
+            if q.is_empty() {
+                return None;
+            }
+            let now = Instant::now();
+            if let Some(pos) = q.iter().position(|(_, t, _)| *t <= now) {
+                let (i, _, a) = q.remove(pos).expect("position is in range");
+                return Some((i, a));
+            }
+            q.iter().map(|(_, t, _)| *t).min().expect("non-empty") - now
+        };
+        std::thread::sleep(wait.min(Duration::from_millis(50)));
+    }
+}
+
+fn entry(item: &super::Item, rec: ActionRecord) -> ManifestEntry {
+    ManifestEntry {
+        id: item.id.clone(),
+        key: rec.key,
+        outputs: rec.outputs,
+        summary: rec.summary,
+    }
+}

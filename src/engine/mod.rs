@@ -1,0 +1,243 @@
+//! ② The make-style engine: stages in a DAG, keys, scheduling, status and explain.
+//!
+//! The engine knows nothing about LLMs. A [`Stage`] declares its dependencies, the parameters
+//! that key it and the items it maps over (one action per item); the engine hashes those with
+//! the *output hashes* of the stage's inputs, finds what is already in the store, leases what
+//! is not, runs it, and commits the records. A stage's output hash covers its items' outputs and
+//! not their keys, so a change that leaves a stage's outputs equal stops there (early cutoff).
+
+pub mod build;
+pub mod explain;
+pub mod plan;
+
+use crate::config::Loaded;
+use crate::key::{Hash, canonical};
+use crate::store::{Manifest, Store, StoreError};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
+
+pub use build::{BuildOptions, BuildReport, build};
+pub use explain::explain;
+pub use plan::{StageState, StageStatus, status};
+
+/// What stages see of the world while declaring items: the config and tasks, and a place to
+/// put large ingredients as objects (`{"$obj": hash}`) so keys stay small and `explain` can
+/// still show what changed inside them.
+pub struct Context<'a> {
+    /// The loaded config and tasks.
+    pub loaded: &'a Loaded,
+    blobs: Mutex<BTreeMap<Hash, Vec<u8>>>,
+}
+
+impl<'a> Context<'a> {
+    /// A context over a loaded config.
+    pub fn new(loaded: &'a Loaded) -> Self {
+        Context {
+            loaded,
+            blobs: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Stand-in for a large ingredient: `{"$obj": hash}`; the bytes are written to the store
+    /// before any record that mentions them.
+    pub fn blob(&self, v: &Value) -> Value {
+        let bytes = canonical(v).into_bytes();
+        let h = Hash::of(&bytes);
+        self.blobs.lock().unwrap().entry(h).or_insert(bytes);
+        serde_json::json!({ "$obj": h.to_hex() })
+    }
+
+    pub(crate) fn flush_blobs(&self, store: &Store) -> Result<(), StoreError> {
+        let blobs = std::mem::take(&mut *self.blobs.lock().unwrap());
+        for (_, bytes) in blobs {
+            store.put(&bytes)?;
+        }
+        Ok(())
+    }
+}
+
+/// One action of a stage.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Unique within the stage, stable across runs (`stack/base/7`).
+    pub id: String,
+    /// What this item depends on beyond the stage's shared parameters.
+    pub ingredients: Value,
+}
+
+/// What an action produced.
+#[derive(Debug, Clone, Default)]
+pub struct Outputs {
+    /// Output objects by name (already in the store).
+    pub objects: BTreeMap<String, Hash>,
+    /// A small JSON summary kept in the record and manifest (e.g. `{"passed": true}`).
+    pub summary: Value,
+}
+
+/// Why an action did not produce outputs.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The action failed; nothing is recorded, a rerun tries again.
+    #[error("{0}")]
+    Failed(String),
+    /// The world is broken (a server unreachable): the build stops, nothing is recorded.
+    #[error("infrastructure error: {0}")]
+    Infra(String),
+    /// This stage is declared (its key and items are real) but its work is not built yet.
+    #[error("stage `{stage}` is not implemented in this version of pipe yet ({note})")]
+    Unavailable {
+        /// The stage.
+        stage: &'static str,
+        /// Where it is tracked.
+        note: &'static str,
+    },
+    /// The store failed, or an input object is corrupt.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A complete upstream stage, as a job sees it.
+pub struct Upstream {
+    /// Its output hash.
+    pub output: Hash,
+    /// Its manifest object.
+    pub manifest_id: Hash,
+    manifest: OnceLock<Manifest>,
+}
+
+impl Upstream {
+    pub(crate) fn new(output: Hash, manifest_id: Hash) -> Self {
+        Upstream {
+            output,
+            manifest_id,
+            manifest: OnceLock::new(),
+        }
+    }
+}
+
+/// What one action gets to work with.
+pub struct Job<'a> {
+    /// The store (objects are written with [`Store::put`]; reads are verified).
+    pub store: &'a Store,
+    /// The declaring context.
+    pub cx: &'a Context<'a>,
+    /// The item.
+    pub item: &'a Item,
+    /// The stage's shared parameters.
+    pub params: &'a Value,
+    /// Complete upstream stages by name.
+    pub upstream: &'a BTreeMap<String, Upstream>,
+}
+
+impl Job<'_> {
+    /// An upstream stage's manifest, read and verified once.
+    pub fn manifest(&self, stage: &str) -> Result<&Manifest, StageError> {
+        let up = self
+            .upstream
+            .get(stage)
+            .ok_or_else(|| StageError::Failed(format!("`{stage}` is not an input of this stage")))?;
+        if let Some(m) = up.manifest.get() {
+            return Ok(m);
+        }
+        let m = self.store.manifest(&up.manifest_id)?;
+        Ok(up.manifest.get_or_init(|| m))
+    }
+}
+
+/// A pipeline stage. Implementations are declared in `stages/`.
+pub trait Stage: Send + Sync {
+    /// The target name.
+    fn name(&self) -> &'static str;
+    /// Bumped when the stage's logic changes: every key of the stage moves.
+    fn version(&self) -> u32;
+    /// Upstream stages whose output hashes key this one.
+    fn deps(&self) -> &'static [&'static str];
+    /// Parsed parameters shared by every item (never raw text, never secrets).
+    fn params(&self, cx: &Context<'_>) -> Value;
+    /// The items; a stage that does not map returns one item.
+    fn items(&self, cx: &Context<'_>) -> Vec<Item>;
+    /// Compute one item. Called with the item's lease held; may run concurrently with other
+    /// items of the same stage. Must write its outputs to the store before returning them.
+    fn run(&self, job: &Job<'_>) -> Result<Outputs, StageError>;
+}
+
+/// The stages in dependency order.
+pub struct Pipeline {
+    stages: Vec<Box<dyn Stage>>,
+}
+
+/// A pipeline that names an unknown stage or is out of order.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A target that no stage has.
+    #[error("no target named `{name}` (targets: {known})")]
+    UnknownTarget {
+        /// What was asked.
+        name: String,
+        /// What exists.
+        known: String,
+    },
+    /// A dependency that is not declared before its dependant.
+    #[error("stage `{stage}` depends on `{dep}`, which is not declared before it")]
+    BadOrder {
+        /// Dependant.
+        stage: String,
+        /// Dependency.
+        dep: String,
+    },
+}
+
+impl Pipeline {
+    /// Check that every dependency is declared before its dependant (so the list is a
+    /// topological order and cycles are impossible).
+    pub fn new(stages: Vec<Box<dyn Stage>>) -> Result<Pipeline, PipelineError> {
+        for (i, s) in stages.iter().enumerate() {
+            for d in s.deps() {
+                if !stages[..i].iter().any(|p| p.name() == *d) {
+                    return Err(PipelineError::BadOrder {
+                        stage: s.name().into(),
+                        dep: d.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(Pipeline { stages })
+    }
+
+    /// Stages in order.
+    pub fn stages(&self) -> &[Box<dyn Stage>] {
+        &self.stages
+    }
+
+    /// Target names in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.stages.iter().map(|s| s.name()).collect()
+    }
+
+    /// Indices of `targets` and everything they need, in order.
+    pub fn closure(&self, targets: &[String]) -> Result<Vec<usize>, PipelineError> {
+        let mut need = vec![false; self.stages.len()];
+        for t in targets {
+            let i = self
+                .stages
+                .iter()
+                .position(|s| s.name() == t)
+                .ok_or_else(|| PipelineError::UnknownTarget {
+                    name: t.clone(),
+                    known: self.names().join(", "),
+                })?;
+            need[i] = true;
+        }
+        for i in (0..self.stages.len()).rev() {
+            if need[i] {
+                for d in self.stages[i].deps() {
+                    if let Some(j) = self.stages.iter().position(|s| s.name() == *d) {
+                        need[j] = true;
+                    }
+                }
+            }
+        }
+        Ok((0..self.stages.len()).filter(|&i| need[i]).collect())
+    }
+}

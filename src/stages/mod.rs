@@ -1,0 +1,205 @@
+//! ③ The experiment's targets, declared in one place as a DAG:
+//!
+//! ```text
+//! trial ──► extract ──► format ──► train ──► convert ──► eval ──► report
+//!   └──────────────────────────────────┴────────────────────────────▲
+//! ```
+//!
+//! Each declaration fixes what keys the stage (its parameters and items). What a stage *does*
+//! is its run function: the real ones arrive with their issues; the synthetic ones
+//! ([`synthetic`]) are small deterministic stand-ins that exercise the engine with the real
+//! keys, items and DAG (tests, benchmarks, and `pipe --synthetic`).
+
+pub mod synthetic;
+
+use crate::config::{Loaded, Role};
+use crate::engine::{Context, Item, Job, Outputs, Pipeline, Stage, StageError};
+use serde_json::{Value, json};
+
+/// Which run functions the pipeline uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The experiment itself.
+    Real,
+    /// Deterministic stand-ins with the same keys and items.
+    Synthetic,
+}
+
+type RunFn = fn(&Job<'_>) -> Result<Outputs, StageError>;
+
+/// A stage declared by functions.
+pub struct Declared {
+    name: &'static str,
+    version: u32,
+    deps: &'static [&'static str],
+    params: fn(&Context<'_>) -> Value,
+    items: fn(&Context<'_>) -> Vec<Item>,
+    run: RunFn,
+    synthetic: bool,
+}
+
+impl Stage for Declared {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn version(&self) -> u32 {
+        self.version
+    }
+    fn deps(&self) -> &'static [&'static str] {
+        self.deps
+    }
+    fn params(&self, cx: &Context<'_>) -> Value {
+        let p = (self.params)(cx);
+        if self.synthetic {
+            // Synthetic outputs must never satisfy a real stage's key, nor the reverse.
+            json!({ "synthetic": p })
+        } else {
+            p
+        }
+    }
+    fn items(&self, cx: &Context<'_>) -> Vec<Item> {
+        (self.items)(cx)
+    }
+    fn run(&self, job: &Job<'_>) -> Result<Outputs, StageError> {
+        (self.run)(job)
+    }
+}
+
+/// The seed of trial `index` of `task`: the same for every arm, so that the eval arm replays
+/// exactly the baseline's draws.
+pub fn trial_seed(experiment_seed: u64, task: &str, index: u32) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&experiment_seed.to_le_bytes());
+    h.update(task.as_bytes());
+    h.update(&index.to_le_bytes());
+    let b = h.finalize();
+    u64::from_le_bytes(b.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// One item per task × arm of `role` × trial index.
+fn trial_items(cx: &Context<'_>, role: Role) -> Vec<Item> {
+    let l: &Loaded = cx.loaded;
+    let trials = l.config.experiment.trials;
+    let mut items = Vec::with_capacity(l.tasks.len() * trials as usize);
+    for task in &l.tasks {
+        let spec = cx.blob(&task.value);
+        for (arm_name, arm) in l.arms(role) {
+            let model = l.config.models[arm.model.get_ref()].identity();
+            for index in 0..trials {
+                items.push(Item {
+                    id: format!("{}/{arm_name}/{index}", task.id),
+                    ingredients: json!({
+                        "task": spec,
+                        "arm": arm_name,
+                        "model": model,
+                        "rmax": arm.rmax,
+                        "index": index,
+                        "seed": trial_seed(l.config.experiment.seed, &task.id, index),
+                    }),
+                });
+            }
+        }
+    }
+    items
+}
+
+fn trial_params(cx: &Context<'_>) -> Value {
+    let c = &cx.loaded.config;
+    json!({ "sampling": c.sampling, "guard": c.guard })
+}
+
+fn one(id: &str, ingredients: Value) -> Vec<Item> {
+    vec![Item {
+        id: id.to_string(),
+        ingredients,
+    }]
+}
+
+fn unavailable(stage: &'static str, note: &'static str) -> StageError {
+    StageError::Unavailable { stage, note }
+}
+
+/// The pipeline, with real or synthetic run functions.
+pub fn pipeline(mode: Mode) -> Pipeline {
+    let real = mode == Mode::Real;
+    let pick = |r: RunFn, s: RunFn| if real { r } else { s };
+    let stages: Vec<Box<dyn Stage>> = vec![
+        Box::new(Declared {
+            name: "trial",
+            version: 1,
+            deps: &[],
+            params: trial_params,
+            items: |cx| trial_items(cx, Role::Baseline),
+            synthetic: !real,
+            run: pick(
+                |_| Err(unavailable("trial", "the TDD workflow and sandboxed guards: issue #4")),
+                synthetic::trial,
+            ),
+        }),
+        Box::new(Declared {
+            name: "extract",
+            version: 1,
+            deps: &["trial"],
+            params: |_| json!({}),
+            items: |cx| one(&cx.loaded.config.train.from_arm, json!({"arm": cx.loaded.config.train.from_arm})),
+            synthetic: !real,
+            run: pick(|_| Err(unavailable("extract", "issue #5")), synthetic::extract),
+        }),
+        Box::new(Declared {
+            name: "format",
+            version: 1,
+            deps: &["extract"],
+            params: |cx| {
+                let t = &cx.loaded.config.train;
+                json!({"val_fraction": t.val_fraction, "seed": t.seed})
+            },
+            items: |_| one("jsonl", json!({})),
+            synthetic: !real,
+            run: pick(|_| Err(unavailable("format", "issue #5")), synthetic::derive),
+        }),
+        Box::new(Declared {
+            name: "train",
+            version: 1,
+            deps: &["format"],
+            params: |cx| {
+                let c = &cx.loaded.config;
+                let mut t = serde_json::to_value(&c.train).expect("serialises");
+                // The device changes where the maths runs, not what it computes.
+                t.as_object_mut().expect("object").remove("device");
+                let base = &c.arms[&c.train.from_arm].model;
+                json!({"train": t, "base_model": c.models[base.get_ref()].identity()})
+            },
+            items: |_| one("adapter", json!({})),
+            synthetic: !real,
+            run: pick(|_| Err(unavailable("train", "LoRA training with candle: not yet filed")), synthetic::derive),
+        }),
+        Box::new(Declared {
+            name: "convert",
+            version: 1,
+            deps: &["train"],
+            params: |cx| json!({"convert": cx.loaded.config.convert}),
+            items: |_| one("gguf", json!({})),
+            synthetic: !real,
+            run: pick(|_| Err(unavailable("convert", "GGUF conversion: not yet filed")), synthetic::derive),
+        }),
+        Box::new(Declared {
+            name: "eval",
+            version: 1,
+            deps: &["convert"],
+            params: trial_params,
+            items: |cx| trial_items(cx, Role::Finetuned),
+            synthetic: !real,
+            run: pick(|_| Err(unavailable("eval", "needs trial (issue #4) and convert")), synthetic::trial),
+        }),
+        Box::new(Declared {
+            name: "report",
+            version: 1,
+            deps: &["trial", "train", "eval"],
+            params: |_| json!({}),
+            items: |_| one("report", json!({})),
+            synthetic: !real,
+            run: pick(|_| Err(unavailable("report", "issue #5")), synthetic::report),
+        }),
+    ];
+    Pipeline::new(stages).expect("the declared DAG is in dependency order")
+}

@@ -1,0 +1,357 @@
+//! Leases: who is computing a key right now. A lease is advisory — it splits work between
+//! processes so that none computes a key another live worker holds — while correctness rests on
+//! records being created only if absent (the first writer wins).
+//!
+//! A lease lives in `leases-v1/<key>.<generation>`, created only if absent. The holder rewrites it every
+//! `ttl / 3` with a new expiry (the heartbeat). A lease is dead when its expiry has passed, or at
+//! once when its holder is on this host (same boot) and its process is gone. A dead generation
+//! `g` is taken over by creating `g + 1`, which only one process can do. Nothing here uses
+//! `flock`, so it works the same on a directory shared between machines, given clocks that
+//! agree to well within the TTL.
+
+use super::atomic::Mode;
+use super::{ActionRecord, Store, StoreError};
+use crate::key::Hash;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What a lease file says.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// The key being computed.
+    pub key: Hash,
+    /// Takeover generation.
+    pub generation: u32,
+    /// Holder's host name.
+    pub host: String,
+    /// Holder's process id.
+    pub pid: u32,
+    /// Holder's boot id (Linux), so a pid from before a reboot is not mistaken for a live one.
+    pub boot_id: String,
+    /// Holder's process start time (clock ticks since boot), against pid reuse.
+    pub start_time: u64,
+    /// Unix ms when taken.
+    pub acquired_ms: u64,
+    /// Unix ms after which the lease is dead unless renewed.
+    pub expires_ms: u64,
+}
+
+impl LeaseInfo {
+    /// Whether the holder still counts as working on the key.
+    pub fn is_live(&self, me: &Identity) -> bool {
+        if self.expires_ms <= now_ms() {
+            return false;
+        }
+        if self.host == me.host && self.boot_id == me.boot_id {
+            return process_alive(self.pid, self.start_time);
+        }
+        true
+    }
+    /// `host:pid`, for status lines.
+    pub fn holder(&self) -> String {
+        format!("{}:{}", self.host, self.pid)
+    }
+}
+
+/// This process, as it appears in leases, records and temp-file names.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// Linux boot id, or empty.
+    pub boot_id: String,
+    /// Process start time in clock ticks since boot.
+    pub start_time: u64,
+}
+
+impl Identity {
+    /// The identity of the running process.
+    pub fn current() -> Identity {
+        let pid = std::process::id();
+        Identity {
+            host: hostname(),
+            pid,
+            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            start_time: process_start_time(pid).unwrap_or(0),
+        }
+    }
+    /// The prefix of this process's temp files.
+    pub fn tag(&self) -> String {
+        format!("{}~{}~{}", self.host, self.pid, self.start_time)
+    }
+}
+
+/// Parse a temp-file tag back into (host, pid, start time).
+pub fn parse_tag(name: &str) -> Option<(String, u32, u64)> {
+    let mut it = name.splitn(3, '~');
+    let host = it.next()?.to_string();
+    let pid = it.next()?.parse().ok()?;
+    let rest = it.next()?;
+    let start = rest.split('-').next()?.parse().ok()?;
+    Some((host, pid, start))
+}
+
+fn hostname() -> String {
+    if let Ok(h) = std::env::var("PIPE_HOSTNAME") {
+        return h;
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for 256 bytes; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown-host".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).replace(['~', '/'], "_")
+}
+
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after the last ')' are plain.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether process `pid`, started at `start_time`, still runs (on this host). A zombie counts as
+/// gone: it computes nothing.
+pub fn process_alive(pid: u32, start_time: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return false;
+    };
+    let mut fields = stat[close + 1..].split_whitespace();
+    if fields.next() == Some("Z") {
+        return false;
+    }
+    match process_start_time(pid) {
+        Some(t) => start_time == 0 || t == start_time,
+        None => false,
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The outcome of trying to take a lease.
+pub enum Acquire<'s> {
+    /// This process now holds the key.
+    Held(Lease<'s>),
+    /// A live worker holds it.
+    Busy(LeaseInfo),
+}
+
+/// A held lease: the only way to commit an action record.
+pub struct Lease<'s> {
+    store: &'s Store,
+    info: LeaseInfo,
+    path: PathBuf,
+    released: bool,
+}
+
+/// What a commit did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Committed {
+    /// Our record is now the key's record.
+    Written,
+    /// Another writer committed first; theirs stands and ours was dropped.
+    AlreadyPresent,
+}
+
+impl<'s> Lease<'s> {
+    /// The key this lease is for.
+    pub fn key(&self) -> Hash {
+        self.info.key
+    }
+
+    /// Commit the record (create-if-absent) and release the lease. Every output object must
+    /// already be in the store: a record never points at a missing object.
+    pub fn commit(mut self, record: &ActionRecord) -> Result<Committed, StoreError> {
+        assert_eq!(record.key, self.info.key, "a lease commits only its own key");
+        for (name, id) in &record.outputs {
+            if !self.store.has_object(id) {
+                return Err(StoreError::MissingOutput {
+                    key: record.key,
+                    output: name.clone(),
+                    object: *id,
+                });
+            }
+        }
+        let res = self.store.write_record(record);
+        crate::failpoint("lease:committed");
+        self.release_inner();
+        res
+    }
+
+    fn release_inner(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        keeper().forget(&self.path);
+        let _ = std::fs::remove_file(&self.path);
+        // Older generations are dead by construction; tidy them.
+        for g in 0..self.info.generation {
+            let _ = std::fs::remove_file(self.store.lease_path(&self.info.key, g));
+        }
+    }
+}
+
+impl Drop for Lease<'_> {
+    /// Dropping without commit (the action failed) releases the key for others.
+    fn drop(&mut self) {
+        self.release_inner();
+    }
+}
+
+impl Store {
+    pub(crate) fn lease_path(&self, key: &Hash, generation: u32) -> PathBuf {
+        self.root
+            .join("leases-v1")
+            .join(format!("{}.{generation}", key.to_hex()))
+    }
+
+    /// Read generation `generation` of a key's lease, if present and readable.
+    fn read_lease(&self, key: &Hash, generation: u32) -> Option<LeaseInfo> {
+        let bytes = std::fs::read(self.lease_path(key, generation)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// The live lease on a key, if any (for status).
+    pub fn live_lease(&self, key: &Hash) -> Option<LeaseInfo> {
+        let mut generation = 0;
+        let mut last_live = None;
+        while let Some(info) = self.read_lease(key, generation) {
+            if info.is_live(&self.me) {
+                last_live = Some(info);
+            }
+            generation += 1;
+        }
+        last_live
+    }
+
+    /// Try to take the lease on `key`. Never blocks.
+    pub fn try_lease(&self, key: &Hash) -> Result<Acquire<'_>, StoreError> {
+        let mut generation = 0u32;
+        loop {
+            let path = self.lease_path(key, generation);
+            let now = now_ms();
+            let info = LeaseInfo {
+                key: *key,
+                generation,
+                host: self.me.host.clone(),
+                pid: self.me.pid,
+                boot_id: self.me.boot_id.clone(),
+                start_time: self.me.start_time,
+                acquired_ms: now,
+                expires_ms: now + self.lease_ttl.as_millis() as u64,
+            };
+            let bytes = serde_json::to_vec(&info).expect("lease serialises");
+            if self.writer.write(&path, &bytes, Mode::CreateNew)? {
+                keeper().hold(path.clone(), info.clone(), self.clone_for_keeper());
+                return Ok(Acquire::Held(Lease {
+                    store: self,
+                    info,
+                    path,
+                    released: false,
+                }));
+            }
+            match self.read_lease(key, generation) {
+                Some(other) if other.is_live(&self.me) => return Ok(Acquire::Busy(other)),
+                Some(_) => generation += 1, // dead: take over with the next generation
+                None => {
+                    // Removed between our create and read (its holder released it), or torn by
+                    // a foreign writer: retry this generation, then move past it.
+                    if std::fs::metadata(&path).is_ok() {
+                        generation += 1;
+                    }
+                }
+            }
+            if generation > 10_000 {
+                return Err(StoreError::Corrupt {
+                    what: format!("lease chain of {key} is longer than 10000 generations"),
+                });
+            }
+        }
+    }
+
+    fn clone_for_keeper(&self) -> KeeperStore {
+        KeeperStore {
+            writer: self.writer.clone(),
+            ttl: self.lease_ttl,
+        }
+    }
+}
+
+/// What the heartbeat thread needs of a store.
+#[derive(Clone)]
+struct KeeperStore {
+    writer: super::atomic::Writer,
+    ttl: Duration,
+}
+
+/// The heartbeat: one thread per process renews every held lease every `ttl / 3`.
+struct Keeper {
+    held: Mutex<HashMap<PathBuf, (LeaseInfo, KeeperStore)>>,
+}
+
+fn keeper() -> &'static Arc<Keeper> {
+    static K: OnceLock<Arc<Keeper>> = OnceLock::new();
+    K.get_or_init(|| {
+        let k = Arc::new(Keeper {
+            held: Mutex::new(HashMap::new()),
+        });
+        let k2 = Arc::clone(&k);
+        std::thread::Builder::new()
+            .name("pipe-lease-heartbeat".into())
+            .spawn(move || k2.run())
+            .expect("spawn heartbeat thread");
+        k
+    })
+}
+
+impl Keeper {
+    fn hold(&self, path: PathBuf, info: LeaseInfo, store: KeeperStore) {
+        self.held.lock().unwrap().insert(path, (info, store));
+    }
+    fn forget(&self, path: &PathBuf) {
+        // Holding the lock while the caller deletes the file is not needed: a renewal runs under
+        // this lock and checks membership first, so once removed here it is never rewritten.
+        self.held.lock().unwrap().remove(path);
+    }
+    fn run(&self) {
+        loop {
+            let mut sleep = Duration::from_millis(100);
+            {
+                let mut held = self.held.lock().unwrap();
+                for (path, (info, store)) in held.iter_mut() {
+                    let now = now_ms();
+                    let third = store.ttl / 3;
+                    sleep = sleep.min((third / 2).max(Duration::from_millis(20)));
+                    if info.expires_ms.saturating_sub(now) <= (store.ttl - third).as_millis() as u64
+                    {
+                        info.expires_ms = now + store.ttl.as_millis() as u64;
+                        let bytes = serde_json::to_vec(&*info).expect("lease serialises");
+                        if let Err(e) = store.writer.write(path, &bytes, Mode::Replace) {
+                            tracing::warn!("lease heartbeat {}: {e}", path.display());
+                        }
+                    }
+                }
+            }
+            std::thread::sleep(sleep);
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! `verify` and `gc`: the store's housekeeping. Both are safe while other processes build:
+//! verify only moves what is provably corrupt; gc keeps anything a ref reaches, anything
+//! younger than its grace period and anything under a live lease.
+
+use super::{Store, StoreError};
+use crate::key::Hash;
+use rayon::prelude::*;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{HashSet, VecDeque};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// What `verify` found and did.
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    /// Objects re-hashed.
+    pub objects: usize,
+    /// Records read.
+    pub records: usize,
+    /// Refs checked.
+    pub refs: usize,
+    /// Corrupt objects (moved to quarantine-v1/objects).
+    pub corrupt_objects: Vec<String>,
+    /// Records that were unreadable or named missing/corrupt objects (quarantined).
+    pub bad_records: Vec<String>,
+    /// Refs dropped because their build lost a record or object (the stage becomes stale).
+    pub dropped_refs: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Whether anything was wrong.
+    pub fn is_clean(&self) -> bool {
+        self.corrupt_objects.is_empty() && self.bad_records.is_empty() && self.dropped_refs.is_empty()
+    }
+}
+
+/// What `gc` removed.
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    /// Objects kept.
+    pub kept_objects: usize,
+    /// Objects removed.
+    pub removed_objects: usize,
+    /// Records removed.
+    pub removed_records: usize,
+    /// Dead or finished leases removed.
+    pub removed_leases: usize,
+    /// Orphaned temp files removed.
+    pub removed_tmp: usize,
+    /// Bytes freed.
+    pub bytes_freed: u64,
+}
+
+/// Every `{"$obj": "<hash>"}` reference inside a JSON value: how objects point at objects.
+pub fn obj_refs(v: &Value, out: &mut Vec<Hash>) {
+    match v {
+        Value::Object(m) => {
+            if let (1, Some(Value::String(h))) = (m.len(), m.get("$obj"))
+                && let Ok(h) = h.parse()
+            {
+                out.push(h);
+                return;
+            }
+            m.values().for_each(|x| obj_refs(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| obj_refs(x, out)),
+        _ => {}
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect()
+}
+
+fn quarantine(store: &Store, path: &Path, kind: &str) -> Result<(), StoreError> {
+    let dir = store.root.join("quarantine-v1").join(kind);
+    fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let name = path.file_name().unwrap_or_default();
+    fs::rename(path, dir.join(name)).map_err(|source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl Store {
+    /// Re-hash every object, read every record and ref. Corrupt objects and the records that
+    /// name them are quarantined, and refs whose build lost an item are dropped, so that the
+    /// next build recomputes exactly what was lost and never uses a corrupt byte.
+    pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let mut rep = VerifyReport::default();
+        let objects = files_under(&self.root.join("objects-v1"));
+        rep.objects = objects.len();
+        let corrupt: Vec<(PathBuf, String)> = objects
+            .par_iter()
+            .filter_map(|p| {
+                let name = p.file_name()?.to_string_lossy().to_string();
+                let ok = match (fs::read(p), name.parse::<Hash>()) {
+                    (Ok(b), Ok(h)) => Hash::of(&b) == h,
+                    _ => false,
+                };
+                (!ok).then(|| (p.clone(), name))
+            })
+            .collect();
+        for (p, name) in corrupt {
+            quarantine(self, &p, "objects")?;
+            rep.corrupt_objects.push(name);
+        }
+        let mut good_records = HashSet::new();
+        for p in files_under(&self.root.join("actions-v1")) {
+            rep.records += 1;
+            let key = p
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<Hash>().ok());
+            let problem = match key {
+                None => Some("file name is not a key".to_string()),
+                Some(key) => match self.record(&key) {
+                    Err(e) => Some(e.to_string()),
+                    Ok(None) => None, // removed meanwhile by gc
+                    Ok(Some(rec)) => rec
+                        .outputs
+                        .values()
+                        .chain(std::iter::once(&rec.common))
+                        .find(|id| !self.has_object(id))
+                        .map(|id| format!("names object {id}, which is missing or corrupt"))
+                        .or_else(|| {
+                            good_records.insert(key);
+                            None
+                        }),
+                },
+            };
+            if let Some(why) = problem {
+                quarantine(self, &p, "actions")?;
+                rep.bad_records.push(format!("{}: {why}", p.display()));
+            }
+        }
+        for r in self.refs()? {
+            rep.refs += 1;
+            let problem = match self.manifest(&r.manifest) {
+                Err(e) => Some(e.to_string()),
+                Ok(m) => m
+                    .entries
+                    .iter()
+                    .find(|e| !good_records.contains(&e.key) && !self.has_record(&e.key))
+                    .map(|e| format!("item {} lost its record", e.id))
+                    .or_else(|| {
+                        (!self.has_object(&r.common)).then(|| "common object missing".to_string())
+                    }),
+            };
+            if let Some(why) = problem {
+                self.drop_ref(&r.stage)?;
+                rep.dropped_refs.push(format!("{}: {why}", r.stage));
+            }
+        }
+        Ok(rep)
+    }
+
+    /// Remove what no ref reaches. Kept regardless: files modified within `grace` (a running
+    /// build's fresh objects and records) and records whose key has a live lease.
+    pub fn gc(&self, grace: Duration, dry_run: bool) -> Result<GcReport, StoreError> {
+        let mut rep = GcReport {
+            removed_tmp: if dry_run { 0 } else { self.reap_tmp() },
+            ..Default::default()
+        };
+        let now = SystemTime::now();
+        let fresh = |p: &Path| {
+            fs::metadata(p)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_none_or(|age| age < grace)
+        };
+        // Mark.
+        let mut keep_records: HashSet<Hash> = HashSet::new();
+        let mut keep_objects: HashSet<Hash> = HashSet::new();
+        let mut queue: VecDeque<Hash> = VecDeque::new();
+        for r in self.refs()? {
+            queue.push_back(r.manifest);
+            queue.push_back(r.common);
+            if let Ok(m) = self.manifest(&r.manifest) {
+                for e in m.entries {
+                    keep_records.insert(e.key);
+                }
+            }
+        }
+        for key in &keep_records {
+            if let Ok(Some(rec)) = self.record(key) {
+                queue.extend(rec.outputs.values().copied());
+                queue.push_back(rec.common);
+                let mut v = Vec::new();
+                obj_refs(&rec.ingredients, &mut v);
+                queue.extend(v);
+            }
+        }
+        // Records not reached but fresh or leased are kept, and so is what they name.
+        let mut drop_records = Vec::new();
+        for p in files_under(&self.root.join("actions-v1")) {
+            let Some(key) = p
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<Hash>().ok())
+            else {
+                continue;
+            };
+            if keep_records.contains(&key) {
+                continue;
+            }
+            if fresh(&p) || self.live_lease(&key).is_some() {
+                if let Ok(Some(rec)) = self.record(&key) {
+                    queue.extend(rec.outputs.values().copied());
+                    queue.push_back(rec.common);
+                }
+                continue;
+            }
+            drop_records.push(p);
+        }
+        while let Some(id) = queue.pop_front() {
+            if !keep_objects.insert(id) {
+                continue;
+            }
+            if let Ok(bytes) = fs::read(self.object_path(&id))
+                && let Ok(v) = serde_json::from_slice::<Value>(&bytes)
+            {
+                let mut refs = Vec::new();
+                obj_refs(&v, &mut refs);
+                queue.extend(refs);
+            }
+        }
+        // Sweep: records first (so no record ever names a removed object), then objects.
+        for p in drop_records {
+            if !fresh(&p) {
+                rep.removed_records += 1;
+                if !dry_run {
+                    let _ = fs::remove_file(&p);
+                }
+            }
+        }
+        for p in files_under(&self.root.join("objects-v1")) {
+            let id = p
+                .file_name()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<Hash>().ok());
+            if id.is_some_and(|id| keep_objects.contains(&id)) || fresh(&p) {
+                rep.kept_objects += 1;
+                continue;
+            }
+            rep.removed_objects += 1;
+            rep.bytes_freed += fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            if !dry_run {
+                let _ = fs::remove_file(&p);
+            }
+        }
+        // Leases: dead ones, and any whose key has a record.
+        for p in files_under(&self.root.join("leases-v1")) {
+            let info: Option<super::LeaseInfo> =
+                fs::read(&p).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let dead = match &info {
+                Some(i) => !i.is_live(&self.me) || self.has_record(&i.key),
+                None => !fresh(&p),
+            };
+            if dead {
+                rep.removed_leases += 1;
+                if !dry_run {
+                    let _ = fs::remove_file(&p);
+                }
+            }
+        }
+        Ok(rep)
+    }
+}
+
+impl Store {
+    /// Quarantine a corrupt object found by a reader, drop every record whose outputs name it
+    /// and the refs whose builds include those records, so the next build recomputes them.
+    /// Returns what was dropped.
+    pub fn heal(&self, id: &Hash) -> Result<Vec<String>, StoreError> {
+        let mut dropped = Vec::new();
+        let p = self.object_path(id);
+        if p.exists() {
+            let actual = fs::read(&p).map(|b| Hash::of(&b)).ok();
+            if actual != Some(*id) {
+                quarantine(self, &p, "objects")?;
+                dropped.push(format!("object {id}"));
+            }
+        }
+        for r in self.refs()? {
+            let Ok(m) = self.manifest(&r.manifest) else {
+                self.drop_ref(&r.stage)?;
+                dropped.push(format!("ref {}", r.stage));
+                continue;
+            };
+            let hit: Vec<_> = m
+                .entries
+                .iter()
+                .filter(|e| e.outputs.values().any(|o| o == id))
+                .collect();
+            if hit.is_empty() {
+                continue;
+            }
+            for e in hit {
+                let rp = self.record_path(&e.key);
+                if rp.exists() {
+                    quarantine(self, &rp, "actions")?;
+                    dropped.push(format!("record {} ({})", e.key, e.id));
+                }
+            }
+            self.drop_ref(&r.stage)?;
+            dropped.push(format!("ref {}", r.stage));
+        }
+        Ok(dropped)
+    }
+}
