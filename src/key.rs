@@ -148,7 +148,7 @@ mod tests {
         );
         assert_eq!(&k.to_hex()[..16], GOLDEN);
     }
-    const GOLDEN: &str = "GOLDEN_PLACEHOLDER";
+    const GOLDEN: &str = "3d0ddfa301c23e7d";
 
     #[test]
     fn each_ingredient_invalidates() {

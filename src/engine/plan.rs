@@ -118,8 +118,22 @@ pub fn status(
             });
             continue;
         }
+        // Items the last complete build already covers are not progress of the new one.
+        let covered: std::collections::HashSet<Hash> = match &old {
+            Some(r) => store
+                .manifest(&r.manifest)
+                .map(|m| m.entries.into_iter().map(|e| e.key).collect())
+                .unwrap_or_default(),
+            None => Default::default(),
+        };
         let present: Vec<bool> = ev.keys.par_iter().map(|k| store.has_record(k)).collect();
         let done = present.iter().filter(|p| **p).count();
+        let new_done = ev
+            .keys
+            .iter()
+            .zip(&present)
+            .filter(|(k, p)| **p && !covered.contains(*k))
+            .count();
         let total = ev.items.len();
         let running: Vec<(String, String)> = ev
             .keys
@@ -134,7 +148,7 @@ pub fn status(
             let m = manifest_from_records(store, &ev)?;
             known.insert(name.to_string(), m.output_hash());
             StageState::UpToDate { items: total }
-        } else if done > 0 || !running.is_empty() {
+        } else if new_done > 0 || !running.is_empty() || (old.is_none() && done > 0) {
             StageState::Partial {
                 done,
                 total,

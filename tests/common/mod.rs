@@ -1,0 +1,145 @@
+//! A throwaway project (pipeline.toml + tasks + store) and a way to run `pipe` on it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pipe");
+
+impl Project {
+    /// The default pipeline with `trials` per task and arm and a lease TTL in seconds.
+    pub fn new(trials: u32, lease_ttl_s: f64) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(root.join("pipeline.toml")).unwrap();
+        let text = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("trials =") {
+                    format!("trials = {trials}")
+                } else if l.starts_with("lease_ttl_s =") {
+                    format!("lease_ttl_s = {lease_ttl_s}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(dir.path().join("pipeline.toml"), text).unwrap();
+        std::fs::create_dir(dir.path().join("tasks")).unwrap();
+        for e in std::fs::read_dir(root.join("tasks")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.path().join("tasks").join(e.file_name())).unwrap();
+        }
+        Project { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.path("synth.log")
+    }
+
+    /// A `pipe --synthetic -f <project>/pipeline.toml <args>` command with the synthetic log on.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--synthetic")
+            .arg("-f")
+            .arg(self.path("pipeline.toml"))
+            .args(args)
+            .env("PIPE_SYNTH_LOG", self.log())
+            .env_remove("PIPE_SYNTH_DELAY_MS")
+            .env_remove("PIPE_SYNTH_FAIL")
+            .env_remove("PIPE_FAILPOINT");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "pipe {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    pub fn spawn(&self, args: &[&str], delay_ms: u64) -> Child {
+        self.cmd(args)
+            .env("PIPE_SYNTH_DELAY_MS", delay_ms.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Lines of the synthetic log: (stage fn, item, pid).
+    pub fn log_lines(&self) -> Vec<(String, String, u32)> {
+        std::fs::read_to_string(self.log())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let mut p = l.split(' ');
+                (
+                    p.next().unwrap().to_string(),
+                    p.next().unwrap().to_string(),
+                    p.next().unwrap().parse().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn clear_log(&self) {
+        let _ = std::fs::remove_file(self.log());
+    }
+
+    /// A stage's ref as JSON, if built.
+    pub fn stage_ref(&self, stage: &str) -> Option<serde_json::Value> {
+        let p = self.path(&format!("store/refs-v1/{stage}.json"));
+        std::fs::read(p).ok().map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    /// Every record in the store as (stage, item, producer pid).
+    pub fn records(&self) -> Vec<(String, String, u32)> {
+        walkdir::WalkDir::new(self.path("store/actions-v1"))
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .map(|e| {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+                (
+                    v["stage"].as_str().unwrap().to_string(),
+                    v["item"].as_str().unwrap().to_string(),
+                    v["producer"]["pid"].as_u64().unwrap() as u32,
+                )
+            })
+            .collect()
+    }
+}
+
+/// A small deterministic PRNG (splitmix64), so a failing crash test can be replayed by seed.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
