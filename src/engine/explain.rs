@@ -59,7 +59,7 @@ pub fn explain(
             Some(r) => out.push(Explanation {
                 target: name,
                 verdict: "changed".into(),
-                changes: changes(store, &r, &ev)?,
+                changes: changes(store, cx, &r, &ev)?,
             }),
             None => out.push(Explanation {
                 target: name,
@@ -83,8 +83,8 @@ pub enum ExplainError {
 }
 
 /// One line for `status`.
-pub fn brief_reason(store: &Store, old: &Ref, ev: &Evaluated) -> String {
-    match changes(store, old, ev) {
+pub fn brief_reason(store: &Store, cx: &Context<'_>, old: &Ref, ev: &Evaluated) -> String {
+    match changes(store, cx, old, ev) {
         Ok(c) if c.is_empty() => "inputs changed".into(),
         Ok(c) => {
             let first = c[0].chars().take(100).collect::<String>();
@@ -98,11 +98,17 @@ pub fn brief_reason(store: &Store, old: &Ref, ev: &Evaluated) -> String {
     }
 }
 
-fn changes(store: &Store, old: &Ref, ev: &Evaluated) -> Result<Vec<String>, StoreError> {
+fn changes(
+    store: &Store,
+    cx: &Context<'_>,
+    old: &Ref,
+    ev: &Evaluated,
+) -> Result<Vec<String>, StoreError> {
+    let resolve = |h: &Hash| cx.pending(h).or_else(|| store.get_json(h).ok());
     let mut lines = Vec::new();
     if old.common != ev.common_hash {
         match store.get_json(&old.common) {
-            Ok(prev) => diff(store, &prev, &ev.common, "", &mut lines),
+            Ok(prev) => diff(&resolve, &prev, &ev.common, "", &mut lines),
             Err(_) => lines.push("stage parameters changed (old ones no longer in the store)".into()),
         }
     }
@@ -126,7 +132,7 @@ fn changes(store: &Store, old: &Ref, ev: &Evaluated) -> Result<Vec<String>, Stor
                 looked += 1;
                 let mut d = Vec::new();
                 match store.record(k) {
-                    Ok(Some(rec)) => diff(store, &rec.ingredients, &it.ingredients, "item", &mut d),
+                    Ok(Some(rec)) => diff(&resolve, &rec.ingredients, &it.ingredients, "item", &mut d),
                     _ => d.push("(previous record gone)".into()),
                 }
                 if !d.is_empty() {
@@ -183,8 +189,11 @@ fn obj_ref(v: &Value) -> Option<Hash> {
     m.get("$obj")?.as_str()?.parse().ok()
 }
 
+/// Looks an object up by hash: the context's pending blobs first, then the store.
+pub type Resolve<'a> = dyn Fn(&Hash) -> Option<Value> + 'a;
+
 /// Append `path: old → new` lines for every leaf that differs.
-pub fn diff(store: &Store, old: &Value, new: &Value, path: &str, out: &mut Vec<String>) {
+pub fn diff(resolve: &Resolve<'_>, old: &Value, new: &Value, path: &str, out: &mut Vec<String>) {
     if old == new {
         return;
     }
@@ -196,8 +205,8 @@ pub fn diff(store: &Store, old: &Value, new: &Value, path: &str, out: &mut Vec<S
         }
     };
     if let (Some(a), Some(b)) = (obj_ref(old), obj_ref(new)) {
-        if let (Ok(va), Ok(vb)) = (store.get_json(&a), store.get_json(&b)) {
-            return diff(store, &va, &vb, path, out);
+        if let (Some(va), Some(vb)) = (resolve(&a), resolve(&b)) {
+            return diff(resolve, &va, &vb, path, out);
         }
         out.push(format!("{path}: object {} → {}", a.short(), b.short()));
         return;
@@ -206,7 +215,7 @@ pub fn diff(store: &Store, old: &Value, new: &Value, path: &str, out: &mut Vec<S
         (Value::Object(a), Value::Object(b)) => {
             for (k, va) in a {
                 match b.get(k) {
-                    Some(vb) => diff(store, va, vb, &join(k), out),
+                    Some(vb) => diff(resolve, va, vb, &join(k), out),
                     None => out.push(format!("{}: removed (was {})", join(k), show(va))),
                 }
             }
@@ -218,7 +227,7 @@ pub fn diff(store: &Store, old: &Value, new: &Value, path: &str, out: &mut Vec<S
         }
         (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
             for (i, (va, vb)) in a.iter().zip(b).enumerate() {
-                diff(store, va, vb, &format!("{path}[{i}]"), out);
+                diff(resolve, va, vb, &format!("{path}[{i}]"), out);
             }
         }
         _ => out.push(format!("{path}: {} → {}", show(old), show(new))),

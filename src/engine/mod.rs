@@ -48,6 +48,12 @@ impl<'a> Context<'a> {
         serde_json::json!({ "$obj": h.to_hex() })
     }
 
+    /// A blob declared in this context and not yet written, parsed.
+    pub fn pending(&self, h: &Hash) -> Option<Value> {
+        let blobs = self.blobs.lock().unwrap();
+        serde_json::from_slice(blobs.get(h)?).ok()
+    }
+
     pub(crate) fn flush_blobs(&self, store: &Store) -> Result<(), StoreError> {
         let blobs = std::mem::take(&mut *self.blobs.lock().unwrap());
         for (_, bytes) in blobs {

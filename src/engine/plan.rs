@@ -156,7 +156,7 @@ pub fn status(
             }
         } else if let Some(r) = old {
             StageState::Stale {
-                reason: super::explain::brief_reason(store, &r, &ev),
+                reason: super::explain::brief_reason(store, cx, &r, &ev),
             }
         } else {
             StageState::Missing
