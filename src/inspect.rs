@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 #[derive(Debug, thiserror::Error)]
 pub enum ShowError {
     /// Nothing matches.
-    #[error("nothing named {0:?}: not a target, `target/item`, record key or object hash (try `pipe status`)")]
+    #[error(
+        "nothing named {0:?}: not a target, `target/item`, record key or object hash (try `pipe status`)"
+    )]
     NotFound(String),
     /// A prefix matches several.
     #[error("{0:?} is ambiguous: it matches {1} entries; give more characters")]
@@ -37,10 +39,14 @@ pub fn show(
         let items: Vec<Value> = m
             .entries
             .iter()
-            .map(|e| json!({"item": e.id, "key": e.key, "outputs": e.outputs, "summary": e.summary}))
+            .map(
+                |e| json!({"item": e.id, "key": e.key, "outputs": e.outputs, "summary": e.summary}),
+            )
             .collect();
         let record = match m.entries.as_slice() {
-            [only] => store.record(&only.key)?.map(|r| serde_json::to_value(r).expect("json")),
+            [only] => store
+                .record(&only.key)?
+                .map(|r| serde_json::to_value(r).expect("json")),
             _ => None,
         };
         return Ok(json!({
@@ -86,12 +92,13 @@ pub fn show(
         [(true, k)] => record_json(store, k),
         [(false, h)] => {
             let bytes = store.get(h)?;
-            let content = serde_json::from_slice::<Value>(&bytes).unwrap_or_else(|_| {
-                match std::str::from_utf8(&bytes) {
-                    Ok(s) => Value::String(s.chars().take(4000).collect()),
-                    Err(_) => Value::String(format!("<{} bytes of binary>", bytes.len())),
-                }
-            });
+            let content =
+                serde_json::from_slice::<Value>(&bytes).unwrap_or_else(
+                    |_| match std::str::from_utf8(&bytes) {
+                        Ok(s) => Value::String(s.chars().take(4000).collect()),
+                        Err(_) => Value::String(format!("<{} bytes of binary>", bytes.len())),
+                    },
+                );
             Ok(json!({"object": h, "size": bytes.len(), "content": content}))
         }
         many => Err(ShowError::Ambiguous(what.into(), many.len())),
@@ -104,7 +111,9 @@ fn record_json(store: &Store, key: &Hash) -> Result<Value, ShowError> {
         .ok_or_else(|| ShowError::NotFound(key.to_hex()))?;
     let mut outputs = serde_json::Map::new();
     for (name, id) in &rec.outputs {
-        let v = store.get_json(id).unwrap_or_else(|e| json!(format!("<{e}>")));
+        let v = store
+            .get_json(id)
+            .unwrap_or_else(|e| json!(format!("<{e}>")));
         outputs.insert(name.clone(), json!({"object": id, "content": v}));
     }
     let common = store.get_json(&rec.common).unwrap_or(Value::Null);

@@ -128,7 +128,8 @@ mod tests {
 
     #[test]
     fn canonical_sorts_keys_and_drops_whitespace() {
-        let a: Value = serde_json::from_str("{\"b\": 1, \"a\": {\"y\": 2, \"x\": [1, 2]}}").unwrap();
+        let a: Value =
+            serde_json::from_str("{\"b\": 1, \"a\": {\"y\": 2, \"x\": [1, 2]}}").unwrap();
         assert_eq!(canonical(&a), r#"{"a":{"x":[1,2],"y":2},"b":1}"#);
     }
 

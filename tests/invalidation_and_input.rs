@@ -26,10 +26,16 @@ fn changing_one_task_invalidates_only_its_items() {
     let st = p.ok(&["status"]);
     let trial = st.lines().next().unwrap();
     assert!(trial.starts_with("trial    stale:"), "{st}");
-    assert!(trial.contains("3 items") && trial.contains("stack/base/0"), "{trial}");
+    assert!(
+        trial.contains("3 items") && trial.contains("stack/base/0"),
+        "{trial}"
+    );
     let ex = p.ok(&["explain", "trial"]);
     assert!(ex.contains("item.task.requirements[1]"), "{ex}");
-    assert!(ex.contains(&old) || ex.contains(&old[..40]), "explain must show the old value: {ex}");
+    assert!(
+        ex.contains(&old) || ex.contains(&old[..40]),
+        "explain must show the old value: {ex}"
+    );
     assert!(ex.contains("any value, None included"), "{ex}");
     let json: serde_json::Value = serde_json::from_str(&p.ok(&["status", "--json"])).unwrap();
     assert_eq!(json[0]["state"], "stale");
@@ -54,7 +60,10 @@ fn reformatting_the_config_invalidates_nothing() {
             sections.push(String::new());
         }
         let l = line.replacen(" = ", "   =   ", 1);
-        sections.last_mut().unwrap().push_str(&format!("{l}\n\n# a comment\n"));
+        sections
+            .last_mut()
+            .unwrap()
+            .push_str(&format!("{l}\n\n# a comment\n"));
     }
     sections.reverse();
     std::fs::write(&cfg, sections.concat()).unwrap();
@@ -62,7 +71,11 @@ fn reformatting_the_config_invalidates_nothing() {
     let st = p.ok(&["status"]);
     assert!(st.lines().all(|l| l.contains("up to date")), "{st}");
     p.ok(&["build", "report"]);
-    assert!(p.log_lines().is_empty(), "reformatting recomputed {:?}", p.log_lines());
+    assert!(
+        p.log_lines().is_empty(),
+        "reformatting recomputed {:?}",
+        p.log_lines()
+    );
 }
 
 #[test]
@@ -73,7 +86,10 @@ fn a_parameter_change_is_explained_old_to_new() {
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, text.replace("temperature = 0.7", "temperature = 0.2")).unwrap();
     let ex = p.ok(&["explain", "report"]);
-    assert!(ex.contains("params.synthetic.sampling.temperature: 0.7 → 0.2"), "{ex}");
+    assert!(
+        ex.contains("params.synthetic.sampling.temperature: 0.7 → 0.2"),
+        "{ex}"
+    );
     assert!(ex.contains("report: waiting"), "{ex}");
     let st = p.ok(&["status"]);
     assert!(st.contains("temperature"), "{st}");
@@ -89,7 +105,10 @@ fn a_flipped_byte_is_reported_and_never_used() {
         // Flip a byte of one trial's output object.
         let show: serde_json::Value =
             serde_json::from_str(&p.ok(&["show", "trial/queue/base/1", "--json"])).unwrap();
-        let obj = show["outputs"]["trial"]["object"].as_str().unwrap().to_string();
+        let obj = show["outputs"]["trial"]["object"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let path = p.path(&format!("store/objects-v1/{}/{obj}", &obj[..2]));
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[10] ^= 0x20;
@@ -115,7 +134,10 @@ fn a_flipped_byte_is_reported_and_never_used() {
         );
         assert!(p.run(&["verify"]).status.success());
         if run_verify {
-            assert_eq!(p.stage_ref("report").unwrap()["output"], reference.stage_ref("report").unwrap()["output"]);
+            assert_eq!(
+                p.stage_ref("report").unwrap()["output"],
+                reference.stage_ref("report").unwrap()["output"]
+            );
         } else {
             assert!(out.contains("healed"), "{out}");
         }
@@ -148,30 +170,59 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
     refused(&p, &["build", "report"], &["pipeline.toml:", "expected"]);
     // Unknown key.
     let p = edit("top_p = 0.95", "top_p = 0.95\ntop_k = 40");
-    refused(&p, &["status"], &["pipeline.toml:", "`sampling.top_k`", "unknown field"]);
+    refused(
+        &p,
+        &["status"],
+        &["pipeline.toml:", "`sampling.top_k`", "unknown field"],
+    );
     // Wrong type.
     let p = edit("temperature = 0.7", "temperature = \"warm\"");
-    refused(&p, &["build", "trial"], &["pipeline.toml:", "`sampling.temperature`", "invalid type"]);
+    refused(
+        &p,
+        &["build", "trial"],
+        &["pipeline.toml:", "`sampling.temperature`", "invalid type"],
+    );
     // Missing key.
     let p = edit("max_tokens = 1024\n", "");
-    refused(&p, &["build", "trial"], &["pipeline.toml:", "missing field `max_tokens`"]);
+    refused(
+        &p,
+        &["build", "trial"],
+        &["pipeline.toml:", "missing field `max_tokens`"],
+    );
     // A model that is not declared.
     let p = edit("model = \"qwen2.5-coder-1.5b\"", "model = \"gpt-9\"");
-    refused(&p, &["status"], &["pipeline.toml:", "arms.base.model", "gpt-9"]);
+    refused(
+        &p,
+        &["status"],
+        &["pipeline.toml:", "arms.base.model", "gpt-9"],
+    );
     // Missing task file.
     let p = Project::new(1, 5.0);
     std::fs::remove_file(p.path("tasks/queue.json")).unwrap();
-    refused(&p, &["build", "report"], &["pipeline.toml:7:", "experiment.tasks[1]", "queue.json"]);
+    refused(
+        &p,
+        &["build", "report"],
+        &["pipeline.toml:7:", "experiment.tasks[1]", "queue.json"],
+    );
     // A task JSON missing a field.
     let p = Project::new(1, 5.0);
     let tp = p.path("tasks/lru_cache.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tp).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tp).unwrap()).unwrap();
     v.as_object_mut().unwrap().remove("signature");
     std::fs::write(&tp, serde_json::to_string_pretty(&v).unwrap()).unwrap();
-    refused(&p, &["build", "report"], &["lru_cache.json:", "missing field `signature`"]);
+    refused(
+        &p,
+        &["build", "report"],
+        &["lru_cache.json:", "missing field `signature`"],
+    );
     // Malformed task JSON.
     let p = Project::new(1, 5.0);
-    std::fs::write(p.path("tasks/stack.json"), "{\n  \"name\": \"Stack\",\n  oops\n}").unwrap();
+    std::fs::write(
+        p.path("tasks/stack.json"),
+        "{\n  \"name\": \"Stack\",\n  oops\n}",
+    )
+    .unwrap();
     refused(&p, &["status"], &["stack.json:3:"]);
     // An unknown target.
     let p = Project::new(1, 5.0);

@@ -13,7 +13,12 @@ use std::time::Duration;
 #[command(name = "pipe", version, about, long_about = None)]
 pub struct Args {
     /// The pipeline file.
-    #[arg(short = 'f', long = "file", global = true, default_value = "pipeline.toml")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        global = true,
+        default_value = "pipeline.toml"
+    )]
     pub file: PathBuf,
     /// Use the synthetic stand-in stages (same keys, items and DAG; deterministic, fast):
     /// exercises the engine and store without models or a sandbox.
@@ -125,8 +130,13 @@ pub struct Bench {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
-    let n: f64 = num.parse().map_err(|_| format!("not a duration: {s:?} (e.g. 30s, 10m, 1h)"))?;
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (e.g. 30s, 10m, 1h)"))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60.0,

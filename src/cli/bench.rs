@@ -22,7 +22,10 @@ fn write_config(dir: &Path, tasks_dir: &Path, trials: u32) -> Result<PathBuf> {
         if t.starts_with("trials ") || t.starts_with("trials=") {
             text.push_str(&format!("trials = {trials}\n"));
         } else if t.starts_with("tasks_dir") {
-            text.push_str(&format!("tasks_dir = {:?}\n", tasks_dir.display().to_string()));
+            text.push_str(&format!(
+                "tasks_dir = {:?}\n",
+                tasks_dir.display().to_string()
+            ));
         } else if t.starts_with("path ") || t.starts_with("path=") {
             text.push_str("path = \"store\"\n");
         } else {
@@ -67,10 +70,16 @@ pub fn run(args: &Args, b: &Bench) -> Result<Exit> {
             tmp.clone()
         }
     };
-    let mut shapes = vec![Shape { name: "6x50", trials: 50 }];
+    let mut shapes = vec![Shape {
+        name: "6x50",
+        trials: 50,
+    }];
     if b.large {
         // 6 tasks × 2 arms (trial + eval) × 8334 = 100,008 item records.
-        shapes.push(Shape { name: "100k", trials: 8334 });
+        shapes.push(Shape {
+            name: "100k",
+            trials: 8334,
+        });
     }
     let mut rows = Vec::new();
     for s in shapes {
@@ -97,17 +106,25 @@ pub fn run(args: &Args, b: &Bench) -> Result<Exit> {
     if b.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{:<6} {:>8} {:>18} {:>24}", "shape", "items", "no-op status ms", "no-op build report ms");
+        println!(
+            "{:<6} {:>8} {:>18} {:>24}",
+            "shape", "items", "no-op status ms", "no-op build report ms"
+        );
         for r in &rows {
             println!(
                 "{:<6} {:>8} {:>18.1} {:>24.1}",
                 r["shape"].as_str().unwrap_or(""),
                 r["items"],
                 r["noop_status_median_ms"].as_f64().unwrap_or(f64::NAN),
-                r["noop_build_report_median_ms"].as_f64().unwrap_or(f64::NAN)
+                r["noop_build_report_median_ms"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN)
             );
         }
-        println!("(medians of {} whole-process runs; compare with benches/dvc_anchor.sh run beside it)", b.runs);
+        println!(
+            "(medians of {} whole-process runs; compare with benches/dvc_anchor.sh run beside it)",
+            b.runs
+        );
     }
     if b.dir.is_none() {
         let _ = std::fs::remove_dir_all(&root);

@@ -78,9 +78,9 @@ fn run(args: Args) -> Result<Exit> {
                 .map_err(|e| BadInput(e.to_string()))?;
             let store = open_store(&loaded)?;
             let opts = BuildOptions {
-                jobs: b.jobs.unwrap_or_else(|| {
-                    std::thread::available_parallelism().map_or(2, |n| n.get())
-                }),
+                jobs: b
+                    .jobs
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
                 dry_run: b.dry_run,
                 keep_going: b.keep_going,
             };
@@ -119,7 +119,11 @@ fn run(args: Args) -> Result<Exit> {
             let store = open_store(&loaded)?;
             let rep = store.verify()?;
             render::verify(&rep, v.json);
-            Ok(if rep.is_clean() { Exit::Ok } else { Exit::Failed })
+            Ok(if rep.is_clean() {
+                Exit::Ok
+            } else {
+                Exit::Failed
+            })
         }
         Cmd::Gc(g) => {
             let store = open_store(&loaded)?;

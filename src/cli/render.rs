@@ -17,7 +17,11 @@ fn out(s: &str) {
 }
 
 fn items(n: usize) -> String {
-    if n == 1 { "1 item".into() } else { format!("{n} items") }
+    if n == 1 {
+        "1 item".into()
+    } else {
+        format!("{n} items")
+    }
 }
 
 fn json(v: &impl serde::Serialize) {
@@ -35,7 +39,7 @@ pub fn error(e: &anyhow::Error) -> ExitCode {
         eprintln!("  caused by: {cause}");
     }
     if let Some(BuildError::Stage { source, .. }) = e.downcast_ref::<BuildError>() {
-        match source {
+        match source.as_ref() {
             StageError::Unavailable { .. } => eprintln!(
                 "hint: `pipe --synthetic build <target>` runs the engine with deterministic stand-in stages"
             ),
@@ -57,7 +61,10 @@ pub fn build(rep: &BuildReport, as_json: bool, dry_run: bool) {
         let line = if s.up_to_date {
             format!("{:<8} up to date ({})", s.target, items(s.total))
         } else if let Some(dep) = &s.blocked_on {
-            format!("{:<8} not run: waits on `{dep}` ({} items)", s.target, s.total)
+            format!(
+                "{:<8} not run: waits on `{dep}` ({} items)",
+                s.target, s.total
+            )
         } else if dry_run {
             format!(
                 "{:<8} would run {} of {} items ({} already in the store)",
@@ -78,7 +85,9 @@ pub fn build(rep: &BuildReport, as_json: bool, dry_run: bool) {
         out(&format!("failed: {} {}: {}", f.target, f.item, f.error));
     }
     for h in &rep.healed {
-        out(&format!("healed: object {h} was corrupt; quarantined and recomputed"));
+        out(&format!(
+            "healed: object {h} was corrupt; quarantined and recomputed"
+        ));
     }
 }
 
@@ -152,7 +161,9 @@ pub fn verify(rep: &VerifyReport, as_json: bool) {
         out(&format!("bad record (quarantined): {r}"));
     }
     for r in &rep.dropped_refs {
-        out(&format!("ref dropped (target will rebuild what was lost): {r}"));
+        out(&format!(
+            "ref dropped (target will rebuild what was lost): {r}"
+        ));
     }
     if rep.is_clean() {
         out("store is consistent");

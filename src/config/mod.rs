@@ -280,14 +280,13 @@ impl Loaded {
 
 /// Parse config text (no task files read).
 pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
-    let err = |span: Option<std::ops::Range<usize>>, key: Option<String>, message: String| {
-        ConfigError {
+    let err =
+        |span: Option<std::ops::Range<usize>>, key: Option<String>, message: String| ConfigError {
             file: file.to_path_buf(),
             line_col: span.map(|s| line_col(text, s.start)),
             key,
             message,
-        }
-    };
+        };
     let de = toml::Deserializer::parse(text)
         .map_err(|e| err(e.span(), None, e.message().to_string()))?;
     let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -308,7 +307,11 @@ type ErrAt<'a> = dyn Fn(Option<std::ops::Range<usize>>, String, String) -> Confi
 /// Cross-references and ranges that types alone do not express.
 fn validate(cfg: &Config, err: &ErrAt<'_>) -> Result<(), ConfigError> {
     if cfg.experiment.trials == 0 {
-        return Err(err(None, "experiment.trials".into(), "must be at least 1".into()));
+        return Err(err(
+            None,
+            "experiment.trials".into(),
+            "must be at least 1".into(),
+        ));
     }
     for (name, arm) in &cfg.arms {
         if !cfg.models.contains_key(arm.model.get_ref()) {

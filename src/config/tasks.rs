@@ -63,8 +63,8 @@ pub fn load(id: &str, file: &Path) -> Result<Task, ConfigError> {
         key,
         message,
     };
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| err(None, None, format!("cannot read: {e}")))?;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| err(None, None, format!("cannot read: {e}")))?;
     let mut de = serde_json::Deserializer::from_str(&text);
     let spec: TaskSpec = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -80,11 +80,19 @@ pub fn load(id: &str, file: &Path) -> Result<Task, ConfigError> {
             msg,
         )
     })?;
-    de.end()
-        .map_err(|e| err(Some((e.line(), e.column())), None, "trailing characters".into()))?;
+    de.end().map_err(|e| {
+        err(
+            Some((e.line(), e.column())),
+            None,
+            "trailing characters".into(),
+        )
+    })?;
     let checks: [(&str, bool); 5] = [
         ("class_name", is_identifier(&spec.class_name)),
-        ("import", spec.import.trim() == format!("from implementation import {}", spec.class_name)),
+        (
+            "import",
+            spec.import.trim() == format!("from implementation import {}", spec.class_name),
+        ),
         ("requirements", !spec.requirements.is_empty()),
         ("name", !spec.name.trim().is_empty()),
         ("expected_test_count", spec.expected_test_count > 0),
@@ -115,6 +123,7 @@ pub fn load(id: &str, file: &Path) -> Result<Task, ConfigError> {
 
 fn is_identifier(s: &str) -> bool {
     let mut c = s.chars();
-    c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+    c.next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
         && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
 }

@@ -7,7 +7,9 @@ use super::{Context, Job, Pipeline, Stage, StageError, Upstream};
 use crate::key::Hash;
 use crate::progress::Reporter;
 use crate::store::lease::now_ms;
-use crate::store::{Acquire, ActionRecord, Committed, Manifest, ManifestEntry, Ref, Store, StoreError};
+use crate::store::{
+    Acquire, ActionRecord, Committed, Manifest, ManifestEntry, Ref, Store, StoreError,
+};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -84,9 +86,9 @@ pub enum BuildError {
         target: String,
         /// Item.
         item: String,
-        /// The error.
+        /// The error (boxed: it is large and rare).
         #[source]
-        source: StageError,
+        source: Box<StageError>,
     },
 }
 
@@ -108,12 +110,11 @@ pub fn build(
     let mut healed = Vec::new();
     loop {
         match build_once(store, pipeline, cx, &closure, opts, reporter) {
-            Err(BuildError::Store(StoreError::CorruptObject { id, .. }))
-            | Err(BuildError::Stage {
-                source: StageError::Store(StoreError::CorruptObject { id, .. }),
-                ..
-            }) if healed.len() < 3 => {
-                tracing::warn!("object {id} is corrupt: quarantining it and rebuilding what made it");
+            Err(e) if healed.len() < 3 && corrupt_object(&e).is_some() => {
+                let id = corrupt_object(&e).expect("checked by the guard");
+                tracing::warn!(
+                    "object {id} is corrupt: quarantining it and rebuilding what made it"
+                );
                 store.heal(&id)?;
                 healed.push(id.to_hex());
             }
@@ -123,6 +124,18 @@ pub fn build(
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// The object a build stopped on because its bytes did not match its name.
+fn corrupt_object(e: &BuildError) -> Option<Hash> {
+    match e {
+        BuildError::Store(StoreError::CorruptObject { id, .. }) => Some(*id),
+        BuildError::Stage { source, .. } => match source.as_ref() {
+            StageError::Store(StoreError::CorruptObject { id, .. }) => Some(*id),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -183,8 +196,17 @@ fn build_once(
         };
         cx.flush_blobs(store)?;
         let common_id = store.put_json(&ev.common)?;
-        let (run, entries, failures) =
-            run_stage(store, stage, cx, &ev, common_id, &known, &old_entries, opts, reporter)?;
+        let (run, entries, failures) = run_stage(
+            store,
+            stage,
+            cx,
+            &ev,
+            common_id,
+            &known,
+            &old_entries,
+            opts,
+            reporter,
+        )?;
         rep.stages.push(run);
         if !failures.is_empty() {
             rep.failures.extend(failures);
@@ -290,7 +312,7 @@ fn run_stage(
                         let out = stage.run(&job).map_err(|source| BuildError::Stage {
                             target: name.into(),
                             item: item.id.clone(),
-                            source,
+                            source: Box::new(source),
                         })?;
                         let rec = ActionRecord {
                             key,
@@ -307,11 +329,10 @@ fn run_stage(
                         match lease.commit(&rec)? {
                             Committed::Written => Ok(Some((entry(item, rec), true))),
                             Committed::AlreadyPresent => {
-                                let theirs = store.record(&key)?.ok_or_else(|| {
-                                    StoreError::Corrupt {
+                                let theirs =
+                                    store.record(&key)?.ok_or_else(|| StoreError::Corrupt {
                                         what: format!("record {key} vanished after commit"),
-                                    }
-                                })?;
+                                    })?;
                                 Ok(Some((entry(item, theirs), false)))
                             }
                         }
@@ -326,15 +347,16 @@ fn run_stage(
                         Ok(None) => {
                             // Leased by a live worker: look again later.
                             let wait = Duration::from_millis((25u64 << attempts.min(4)).min(400));
-                            queue
-                                .lock()
-                                .unwrap()
-                                .push_back((i, Instant::now() + wait, attempts + 1));
+                            queue.lock().unwrap().push_back((
+                                i,
+                                Instant::now() + wait,
+                                attempts + 1,
+                            ));
                         }
-                        Err(BuildError::Stage {
-                            source: StageError::Failed(msg),
-                            ..
-                        }) => {
+                        Err(BuildError::Stage { source, .. })
+                            if matches!(*source, StageError::Failed(_)) =>
+                        {
+                            let msg = source.to_string();
                             reporter.item_failed(name, &item.id, &msg);
                             failures.lock().unwrap().push(Failure {
                                 target: name.into(),

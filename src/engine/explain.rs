@@ -109,7 +109,9 @@ fn changes(
     if old.common != ev.common_hash {
         match store.get_json(&old.common) {
             Ok(prev) => diff(&resolve, &prev, &ev.common, "", &mut lines),
-            Err(_) => lines.push("stage parameters changed (old ones no longer in the store)".into()),
+            Err(_) => {
+                lines.push("stage parameters changed (old ones no longer in the store)".into())
+            }
         }
     }
     let Ok(m) = store.manifest(&old.manifest) else {
@@ -126,13 +128,18 @@ fn changes(
             Some(k) if k == key => {}
             Some(k) => {
                 if looked >= MAX_ITEM_DIFFS {
-                    groups.entry("(not compared: too many)".into()).or_default().push(&it.id);
+                    groups
+                        .entry("(not compared: too many)".into())
+                        .or_default()
+                        .push(&it.id);
                     continue;
                 }
                 looked += 1;
                 let mut d = Vec::new();
                 match store.record(k) {
-                    Ok(Some(rec)) => diff(&resolve, &rec.ingredients, &it.ingredients, "item", &mut d),
+                    Ok(Some(rec)) => {
+                        diff(&resolve, &rec.ingredients, &it.ingredients, "item", &mut d)
+                    }
                     _ => d.push("(previous record gone)".into()),
                 }
                 if !d.is_empty() {
@@ -155,13 +162,21 @@ fn changes(
         lines.push(format!("{} added ({})", count(added.len()), sample(&added)));
     }
     if !removed.is_empty() {
-        lines.push(format!("{} removed ({})", count(removed.len()), sample(&removed)));
+        lines.push(format!(
+            "{} removed ({})",
+            count(removed.len()),
+            sample(&removed)
+        ));
     }
     Ok(lines)
 }
 
 fn count(n: usize) -> String {
-    if n == 1 { "1 item".into() } else { format!("{n} items") }
+    if n == 1 {
+        "1 item".into()
+    } else {
+        format!("{n} items")
+    }
 }
 
 fn sample(ids: &[&str]) -> String {

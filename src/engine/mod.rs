@@ -139,10 +139,9 @@ pub struct Job<'a> {
 impl Job<'_> {
     /// An upstream stage's manifest, read and verified once.
     pub fn manifest(&self, stage: &str) -> Result<&Manifest, StageError> {
-        let up = self
-            .upstream
-            .get(stage)
-            .ok_or_else(|| StageError::Failed(format!("`{stage}` is not an input of this stage")))?;
+        let up = self.upstream.get(stage).ok_or_else(|| {
+            StageError::Failed(format!("`{stage}` is not an input of this stage"))
+        })?;
         if let Some(m) = up.manifest.get() {
             return Ok(m);
         }

@@ -106,7 +106,10 @@ pub fn status(
                 },
                 None => StageState::Missing,
             };
-            out.push(StageStatus { target: name, state });
+            out.push(StageStatus {
+                target: name,
+                state,
+            });
             continue;
         }
         let ev = evaluate(stage.as_ref(), cx, &known);
@@ -161,7 +164,10 @@ pub fn status(
         } else {
             StageState::Missing
         };
-        out.push(StageStatus { target: name, state });
+        out.push(StageStatus {
+            target: name,
+            state,
+        });
     }
     Ok(out)
 }

@@ -132,7 +132,12 @@ pub fn pipeline(mode: Mode) -> Pipeline {
             items: |cx| trial_items(cx, Role::Baseline),
             synthetic: !real,
             run: pick(
-                |_| Err(unavailable("trial", "the TDD workflow and sandboxed guards: issue #4")),
+                |_| {
+                    Err(unavailable(
+                        "trial",
+                        "the TDD workflow and sandboxed guards: issue #4",
+                    ))
+                },
                 synthetic::trial,
             ),
         }),
@@ -141,9 +146,17 @@ pub fn pipeline(mode: Mode) -> Pipeline {
             version: 1,
             deps: &["trial"],
             params: |_| json!({}),
-            items: |cx| one(&cx.loaded.config.train.from_arm, json!({"arm": cx.loaded.config.train.from_arm})),
+            items: |cx| {
+                one(
+                    &cx.loaded.config.train.from_arm,
+                    json!({"arm": cx.loaded.config.train.from_arm}),
+                )
+            },
             synthetic: !real,
-            run: pick(|_| Err(unavailable("extract", "issue #5")), synthetic::extract),
+            run: pick(
+                |_| Err(unavailable("extract", "issue #5")),
+                synthetic::extract,
+            ),
         }),
         Box::new(Declared {
             name: "format",
@@ -155,7 +168,10 @@ pub fn pipeline(mode: Mode) -> Pipeline {
             },
             items: |_| one("jsonl", json!({})),
             synthetic: !real,
-            run: pick(|_| Err(unavailable("format", "issue #5")), synthetic::derive),
+            run: pick(
+                |_| Err(unavailable("format", "issue #5")),
+                synthetic::derive,
+            ),
         }),
         Box::new(Declared {
             name: "train",
@@ -171,7 +187,15 @@ pub fn pipeline(mode: Mode) -> Pipeline {
             },
             items: |_| one("adapter", json!({})),
             synthetic: !real,
-            run: pick(|_| Err(unavailable("train", "LoRA training with candle: not yet filed")), synthetic::derive),
+            run: pick(
+                |_| {
+                    Err(unavailable(
+                        "train",
+                        "LoRA training with candle: not yet filed",
+                    ))
+                },
+                synthetic::derive,
+            ),
         }),
         Box::new(Declared {
             name: "convert",
@@ -180,7 +204,10 @@ pub fn pipeline(mode: Mode) -> Pipeline {
             params: |cx| json!({"convert": cx.loaded.config.convert}),
             items: |_| one("gguf", json!({})),
             synthetic: !real,
-            run: pick(|_| Err(unavailable("convert", "GGUF conversion: not yet filed")), synthetic::derive),
+            run: pick(
+                |_| Err(unavailable("convert", "GGUF conversion: not yet filed")),
+                synthetic::derive,
+            ),
         }),
         Box::new(Declared {
             name: "eval",
@@ -189,7 +216,10 @@ pub fn pipeline(mode: Mode) -> Pipeline {
             params: trial_params,
             items: |cx| trial_items(cx, Role::Finetuned),
             synthetic: !real,
-            run: pick(|_| Err(unavailable("eval", "needs trial (issue #4) and convert")), synthetic::trial),
+            run: pick(
+                |_| Err(unavailable("eval", "needs trial (issue #4) and convert")),
+                synthetic::trial,
+            ),
         }),
         Box::new(Declared {
             name: "report",
@@ -198,7 +228,10 @@ pub fn pipeline(mode: Mode) -> Pipeline {
             params: |_| json!({}),
             items: |_| one("report", json!({})),
             synthetic: !real,
-            run: pick(|_| Err(unavailable("report", "issue #5")), synthetic::report),
+            run: pick(
+                |_| Err(unavailable("report", "issue #5")),
+                synthetic::report,
+            ),
         }),
     ];
     Pipeline::new(stages).expect("the declared DAG is in dependency order")

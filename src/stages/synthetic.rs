@@ -29,7 +29,10 @@ fn prologue(job: &Job<'_>, stage: &str) -> Result<(), StageError> {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
     if std::env::var("PIPE_SYNTH_FAIL").is_ok_and(|f| f == job.item.id) {
-        return Err(StageError::Failed(format!("synthetic failure of {}", job.item.id)));
+        return Err(StageError::Failed(format!(
+            "synthetic failure of {}",
+            job.item.id
+        )));
     }
     Ok(())
 }
@@ -55,7 +58,7 @@ pub fn trial(job: &Job<'_>) -> Result<Outputs, StageError> {
         )
         .as_bytes(),
     );
-    let passed = digest.0[0] % 3 != 0;
+    let passed = !digest.0[0].is_multiple_of(3);
     let out = json!({
         "item": job.item.id,
         "ingredients": job.item.ingredients,
@@ -85,9 +88,10 @@ pub fn extract(job: &Job<'_>) -> Result<Outputs, StageError> {
 /// format / train / convert: one object derived from the single upstream object.
 pub fn derive(job: &Job<'_>) -> Result<Outputs, StageError> {
     prologue(job, "derive")?;
-    let (up_name, _) = job.upstream.iter().next().ok_or_else(|| {
-        StageError::Failed("a derived synthetic stage needs one input".into())
-    })?;
+    let (up_name, _) =
+        job.upstream.iter().next().ok_or_else(|| {
+            StageError::Failed("a derived synthetic stage needs one input".into())
+        })?;
     let m = job.manifest(up_name)?;
     let mut h = blake3::Hasher::new();
     for e in &m.entries {
@@ -108,7 +112,11 @@ pub fn report(job: &Job<'_>) -> Result<Outputs, StageError> {
         for e in &job.manifest(stage)?.entries {
             let v = job.store.get_json(&e.outputs["trial"])?;
             let mut parts = e.id.split('/');
-            let key = format!("{}/{}", parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let key = format!(
+                "{}/{}",
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or("")
+            );
             let c = counts.entry(key).or_default();
             c.1 += 1;
             if v["passed"] == json!(true) {

@@ -180,7 +180,10 @@ impl<'s> Lease<'s> {
     /// Commit the record (create-if-absent) and release the lease. Every output object must
     /// already be in the store: a record never points at a missing object.
     pub fn commit(mut self, record: &ActionRecord) -> Result<Committed, StoreError> {
-        assert_eq!(record.key, self.info.key, "a lease commits only its own key");
+        assert_eq!(
+            record.key, self.info.key,
+            "a lease commits only its own key"
+        );
         for (name, id) in &record.outputs {
             if !self.store.has_object(id) {
                 return Err(StoreError::MissingOutput {

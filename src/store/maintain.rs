@@ -32,7 +32,9 @@ pub struct VerifyReport {
 impl VerifyReport {
     /// Whether anything was wrong.
     pub fn is_clean(&self) -> bool {
-        self.corrupt_objects.is_empty() && self.bad_records.is_empty() && self.dropped_refs.is_empty()
+        self.corrupt_objects.is_empty()
+            && self.bad_records.is_empty()
+            && self.dropped_refs.is_empty()
     }
 }
 
@@ -263,8 +265,9 @@ impl Store {
         }
         // Leases: dead ones, and any whose key has a record.
         for p in files_under(&self.root.join("leases-v1")) {
-            let info: Option<super::LeaseInfo> =
-                fs::read(&p).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let info: Option<super::LeaseInfo> = fs::read(&p)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
             let dead = match &info {
                 Some(i) => !i.is_live(&self.me) || self.has_record(&i.key),
                 None => !fresh(&p),

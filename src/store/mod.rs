@@ -45,7 +45,9 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// An object's bytes do not hash to its name.
-    #[error("object {id} is corrupt (its content hashes to {actual}); run `pipe verify` to quarantine it")]
+    #[error(
+        "object {id} is corrupt (its content hashes to {actual}); run `pipe verify` to quarantine it"
+    )]
     CorruptObject {
         /// The object's name.
         id: Hash,
@@ -195,7 +197,8 @@ impl Manifest {
         let mut entries = Vec::new();
         for line in lines {
             let mut f = line.split('\t');
-            let (Some(id), Some(key), Some(out), Some(sum)) = (f.next(), f.next(), f.next(), f.next())
+            let (Some(id), Some(key), Some(out), Some(sum)) =
+                (f.next(), f.next(), f.next(), f.next())
             else {
                 return Err(bad("short line"));
             };
@@ -217,7 +220,11 @@ impl Manifest {
         for e in &self.entries {
             h.update(e.id.as_bytes());
             h.update(b"\t");
-            h.update(serde_json::to_string(&e.outputs).expect("serialise").as_bytes());
+            h.update(
+                serde_json::to_string(&e.outputs)
+                    .expect("serialise")
+                    .as_bytes(),
+            );
             h.update(b"\t");
             h.update(crate::key::canonical(&e.summary).as_bytes());
             h.update(b"\n");
@@ -322,7 +329,11 @@ impl Store {
             }
             let _ = atomic::sync_dir(root);
         }
-        w.write(&root.join("LAYOUT"), format!("{LAYOUT}\n").as_bytes(), Mode::Replace)?;
+        w.write(
+            &root.join("LAYOUT"),
+            format!("{LAYOUT}\n").as_bytes(),
+            Mode::Replace,
+        )?;
         Ok(())
     }
 
@@ -434,9 +445,10 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StoreError::Io { path, source }),
         };
-        let rec: ActionRecord = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-            what: format!("record {}: {e}", path.display()),
-        })?;
+        let rec: ActionRecord =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                what: format!("record {}: {e}", path.display()),
+            })?;
         if rec.key != *key {
             return Err(StoreError::Corrupt {
                 what: format!("record {} names key {}", path.display(), rec.key),

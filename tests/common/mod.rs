@@ -107,7 +107,9 @@ impl Project {
     /// A stage's ref as JSON, if built.
     pub fn stage_ref(&self, stage: &str) -> Option<serde_json::Value> {
         let p = self.path(&format!("store/refs-v1/{stage}.json"));
-        std::fs::read(p).ok().map(|b| serde_json::from_slice(&b).unwrap())
+        std::fs::read(p)
+            .ok()
+            .map(|b| serde_json::from_slice(&b).unwrap())
     }
 
     /// Every record in the store as (stage, item, producer pid).
