@@ -87,6 +87,9 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
+# Keep DVC's per-repo state/index ("site cache", normally /var/tmp/dvc/repo/<hash>) inside
+# the temp dir so it is cleaned up too; the env var covers `dvc init` itself.
+export DVC_SITE_CACHE_DIR="$WORK/site-cache"
 PROJ="$WORK/proj"
 mkdir -p "$PROJ"
 cd "$PROJ"
@@ -95,7 +98,7 @@ git init -q .
 "$DVC" init -q
 "$DVC" config core.analytics false
 "$DVC" config core.check_update false 2>/dev/null || true
-# Keep DVC's per-repo index/site cache inside the temp dir so it is cleaned up too.
+# Same in the repo config, for anyone poking at a KEEP_PROJECT=1 copy by hand.
 "$DVC" config core.site_cache_dir "$WORK/site-cache"
 
 mkdir -p src
