@@ -98,17 +98,21 @@ pub fn common_ingredients(
     })
 }
 
-/// The key of one item: the common part's hash, the item's id and its own ingredients.
-pub fn item_key(common: &Hash, item_id: &str, item: &Value) -> Hash {
-    let mut s = String::with_capacity(128);
-    s.push_str("{\"common\":\"");
-    s.push_str(&common.to_hex());
-    s.push_str("\",\"id\":");
-    s.push_str(&canonical(&Value::String(item_id.to_string())));
-    s.push_str(",\"item\":");
-    s.push_str(&canonical(item));
-    s.push('}');
-    Hash::of(s.as_bytes())
+/// The key of one item: the common part's hash, the item's id, the canonical JSON of the
+/// ingredients it shares with its group, and its own ingredients. Written as the canonical JSON
+/// of `{"common":…,"id":…,"own":…,"shared":…}` without building that value.
+pub fn item_key(common: &Hash, item_id: &str, shared_canonical: &str, own: &Value) -> Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"{\"common\":\"");
+    h.update(common.to_hex().as_bytes());
+    h.update(b"\",\"id\":");
+    h.update(canonical(&Value::String(item_id.to_string())).as_bytes());
+    h.update(b",\"own\":");
+    h.update(canonical(own).as_bytes());
+    h.update(b",\"shared\":");
+    h.update(shared_canonical.as_bytes());
+    h.update(b"}");
+    Hash(*h.finalize().as_bytes())
 }
 
 /// The key of a whole stage: the item keys in order. Equal to the ref's stage key means no-op.
@@ -142,14 +146,25 @@ mod tests {
             &json!({"rmax": 3, "temperature": 0.7}),
             &Default::default(),
         ));
-        let k = item_key(&common, "stack/base/0", &json!({"index": 0, "seed": 42}));
+        let k = item_key(
+            &common,
+            "stack/base/0",
+            "{}",
+            &json!({"index": 0, "seed": 42}),
+        );
         assert_eq!(
             k.to_hex(),
-            item_key(&common, "stack/base/0", &json!({"seed": 42, "index": 0})).to_hex()
+            item_key(
+                &common,
+                "stack/base/0",
+                "{}",
+                &json!({"seed": 42, "index": 0})
+            )
+            .to_hex()
         );
         assert_eq!(&k.to_hex()[..16], GOLDEN);
     }
-    const GOLDEN: &str = "3d0ddfa301c23e7d";
+    const GOLDEN: &str = "3ed95e8d38d1289e";
 
     #[test]
     fn each_ingredient_invalidates() {
@@ -165,10 +180,11 @@ mod tests {
         ] {
             assert_ne!(Hash::of_value(&other), h);
         }
-        let k = item_key(&h, "a", &json!(1));
-        assert_ne!(k, item_key(&h, "b", &json!(1)));
-        assert_ne!(k, item_key(&h, "a", &json!(2)));
-        assert_ne!(k, item_key(&Hash::of(b"other"), "a", &json!(1)));
+        let k = item_key(&h, "a", "{}", &json!(1));
+        assert_ne!(k, item_key(&h, "b", "{}", &json!(1)));
+        assert_ne!(k, item_key(&h, "a", "{}", &json!(2)));
+        assert_ne!(k, item_key(&h, "a", "{\"x\":1}", &json!(1)));
+        assert_ne!(k, item_key(&Hash::of(b"other"), "a", "{}", &json!(1)));
     }
 
     #[test]

@@ -319,7 +319,7 @@ fn run_stage(
                             stage: name.into(),
                             item: item.id.clone(),
                             common: common_id,
-                            ingredients: item.ingredients.clone(),
+                            ingredients: item.ingredients(),
                             outputs: out.objects,
                             summary: out.summary,
                             producer: store.producer(),

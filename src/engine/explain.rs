@@ -137,9 +137,13 @@ fn changes(
                 looked += 1;
                 let mut d = Vec::new();
                 match store.record(k) {
-                    Ok(Some(rec)) => {
-                        diff(&resolve, &rec.ingredients, &it.ingredients, "item", &mut d)
-                    }
+                    Ok(Some(rec)) => diff(
+                        &resolve,
+                        &rec.ingredients,
+                        &it.ingredients(),
+                        "item",
+                        &mut d,
+                    ),
                     _ => d.push("(previous record gone)".into()),
                 }
                 if !d.is_empty() {

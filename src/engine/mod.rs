@@ -15,7 +15,7 @@ use crate::key::{Hash, canonical};
 use crate::store::{Manifest, Store, StoreError};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 pub use build::{BuildOptions, BuildReport, build};
 pub use explain::explain;
@@ -63,13 +63,64 @@ impl<'a> Context<'a> {
     }
 }
 
+/// Ingredients shared by a group of items (one task × arm), serialised once: a stage with
+/// 100,000 items must not build and serialise 100,000 copies of the same JSON.
+#[derive(Debug)]
+pub struct Shared {
+    value: Value,
+    canonical: String,
+}
+
+impl Shared {
+    /// Wrap a JSON object.
+    pub fn new(value: Value) -> Arc<Shared> {
+        let canonical = canonical(&value);
+        Arc::new(Shared { value, canonical })
+    }
+    /// The value.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+}
+
 /// One action of a stage.
 #[derive(Debug, Clone)]
 pub struct Item {
     /// Unique within the stage, stable across runs (`stack/base/7`).
     pub id: String,
-    /// What this item depends on beyond the stage's shared parameters.
-    pub ingredients: Value,
+    /// Ingredients shared with other items of the stage (an object).
+    pub shared: Arc<Shared>,
+    /// This item's own ingredients (an object).
+    pub own: Value,
+}
+
+impl Item {
+    /// An item with no shared part.
+    pub fn new(id: impl Into<String>, own: Value) -> Item {
+        Item {
+            id: id.into(),
+            shared: Shared::new(Value::Object(Default::default())),
+            own,
+        }
+    }
+
+    /// Everything this item depends on beyond the stage's parameters, as one object
+    /// (what records keep and `explain` compares).
+    pub fn ingredients(&self) -> Value {
+        let mut m = self.shared.value.as_object().cloned().unwrap_or_default();
+        match &self.own {
+            Value::Object(o) => m.extend(o.clone()),
+            other => {
+                m.insert("own".into(), other.clone());
+            }
+        }
+        Value::Object(m)
+    }
+
+    /// This item's key under a stage's common ingredients.
+    pub fn key(&self, common: &Hash) -> Hash {
+        crate::key::item_key(common, &self.id, &self.shared.canonical, &self.own)
+    }
 }
 
 /// What an action produced.

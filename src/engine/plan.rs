@@ -1,7 +1,7 @@
 //! Evaluating a stage (its items and keys) and the read-only `status` walk.
 
 use super::{Context, Item, Pipeline, Stage};
-use crate::key::{Hash, common_ingredients, item_key, stage_key};
+use crate::key::{Hash, common_ingredients, stage_key};
 use crate::store::{Manifest, ManifestEntry, Store, StoreError};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -38,7 +38,7 @@ pub fn evaluate(stage: &dyn Stage, cx: &Context<'_>, inputs: &BTreeMap<String, H
     let keys: Vec<Hash> = items
         .par_iter()
         .with_min_len(512)
-        .map(|it| item_key(&common_hash, &it.id, &it.ingredients))
+        .map(|it| it.key(&common_hash))
         .collect();
     let stage_key = stage_key(&keys);
     Evaluated {

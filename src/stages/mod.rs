@@ -13,8 +13,10 @@
 pub mod synthetic;
 
 use crate::config::{Loaded, Role};
-use crate::engine::{Context, Item, Job, Outputs, Pipeline, Stage, StageError};
+use crate::engine::{Context, Item, Job, Outputs, Pipeline, Shared, Stage, StageError};
+use rayon::prelude::*;
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 /// Which run functions the pipeline uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,31 +78,34 @@ pub fn trial_seed(experiment_seed: u64, task: &str, index: u32) -> u64 {
     u64::from_le_bytes(b.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-/// One item per task × arm of `role` × trial index.
+/// One item per task × arm of `role` × trial index. The task × arm part is shared.
 fn trial_items(cx: &Context<'_>, role: Role) -> Vec<Item> {
     let l: &Loaded = cx.loaded;
     let trials = l.config.experiment.trials;
-    let mut items = Vec::with_capacity(l.tasks.len() * trials as usize);
+    let mut groups = Vec::new();
     for task in &l.tasks {
         let spec = cx.blob(&task.value);
         for (arm_name, arm) in l.arms(role) {
-            let model = l.config.models[arm.model.get_ref()].identity();
-            for index in 0..trials {
-                items.push(Item {
-                    id: format!("{}/{arm_name}/{index}", task.id),
-                    ingredients: json!({
-                        "task": spec,
-                        "arm": arm_name,
-                        "model": model,
-                        "rmax": arm.rmax,
-                        "index": index,
-                        "seed": trial_seed(l.config.experiment.seed, &task.id, index),
-                    }),
-                });
-            }
+            let shared = Shared::new(json!({
+                "task": spec,
+                "arm": arm_name,
+                "model": l.config.models[arm.model.get_ref()].identity(),
+                "rmax": arm.rmax,
+            }));
+            groups.push((task.id.as_str(), arm_name, shared));
         }
     }
-    items
+    let seed = l.config.experiment.seed;
+    groups
+        .par_iter()
+        .flat_map_iter(|(task, arm, shared)| {
+            (0..trials).map(move |index| Item {
+                id: format!("{task}/{arm}/{index}"),
+                shared: Arc::clone(shared),
+                own: json!({ "index": index, "seed": trial_seed(seed, task, index) }),
+            })
+        })
+        .collect()
 }
 
 fn trial_params(cx: &Context<'_>) -> Value {
@@ -109,10 +114,7 @@ fn trial_params(cx: &Context<'_>) -> Value {
 }
 
 fn one(id: &str, ingredients: Value) -> Vec<Item> {
-    vec![Item {
-        id: id.to_string(),
-        ingredients,
-    }]
+    vec![Item::new(id, ingredients)]
 }
 
 fn unavailable(stage: &'static str, note: &'static str) -> StageError {

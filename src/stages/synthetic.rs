@@ -52,7 +52,7 @@ pub fn trial(job: &Job<'_>) -> Result<Outputs, StageError> {
     let digest = Hash::of(
         format!(
             "{}|{}|{}",
-            crate::key::canonical(&job.item.ingredients),
+            crate::key::canonical(&job.item.ingredients()),
             crate::key::canonical(job.params),
             inputs.join(",")
         )
@@ -61,7 +61,7 @@ pub fn trial(job: &Job<'_>) -> Result<Outputs, StageError> {
     let passed = !digest.0[0].is_multiple_of(3);
     let out = json!({
         "item": job.item.id,
-        "ingredients": job.item.ingredients,
+        "ingredients": job.item.ingredients(),
         "passed": passed,
         "retries": digest.0[1] % 4,
         "digest": digest.to_hex(),
@@ -72,7 +72,8 @@ pub fn trial(job: &Job<'_>) -> Result<Outputs, StageError> {
 /// extract: the passed trials of the arm, read back (and so verified) from the store.
 pub fn extract(job: &Job<'_>) -> Result<Outputs, StageError> {
     prologue(job, "extract")?;
-    let arm = job.item.ingredients["arm"].as_str().unwrap_or_default();
+    let ingredients = job.item.ingredients();
+    let arm = ingredients["arm"].as_str().unwrap_or_default();
     let mut kept = Vec::new();
     for e in &job.manifest("trial")?.entries {
         if e.id.split('/').nth(1) != Some(arm) || e.summary["passed"] != json!(true) {
