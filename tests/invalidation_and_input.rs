@@ -271,3 +271,41 @@ fn gc_keeps_what_refs_reach_and_drops_the_rest() {
     p.ok(&["build", "report"]);
     assert!(p.log_lines().is_empty());
 }
+
+#[test]
+fn gc_with_zero_grace_during_a_build_never_leaves_a_dangling_ref() {
+    let p = Project::new(6, 5.0);
+    let mut b = p.spawn(&["build", "report", "-j", "2"], 8);
+    // Collect aggressively while the build runs: the worst case for a shared store.
+    while b.try_wait().unwrap().is_none() {
+        let _ = p.run(&["gc", "--grace", "0s"]);
+    }
+    // The build may have lost work to gc (a fresh object removed before its record), but it
+    // never commits a record without its objects, nor a ref without its records.
+    let v = p.run(&["verify"]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    p.ok(&["build", "report"]);
+    assert!(p.run(&["verify"]).status.success());
+    assert!(p.ok(&["status"]).lines().all(|l| l.contains("up to date")));
+}
+
+#[test]
+fn dry_run_says_what_would_run_and_keep_going_finishes_the_rest() {
+    let p = Project::new(2, 5.0);
+    let out = p.ok(&["build", "report", "--dry-run"]);
+    assert!(out.contains("trial    would run 12 of 12 items"), "{out}");
+    assert!(!p.path("store/refs-v1/trial.json").exists());
+    let o = p
+        .cmd(&["build", "report", "--keep-going", "-j", "1"])
+        .env("PIPE_SYNTH_FAIL", "calculator/base/1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("failed: trial calculator/base/1"), "{out}");
+    // Every other trial was still built, and nothing downstream ran.
+    assert!(p.ok(&["status"]).starts_with("trial    partial 11 of 12"));
+    assert!(out.contains("extract  not run: waits on `trial`"), "{out}");
+    p.ok(&["build", "report"]);
+    assert!(p.ok(&["status"]).lines().all(|l| l.contains("up to date")));
+}

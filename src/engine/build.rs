@@ -10,6 +10,7 @@ use crate::store::lease::now_ms;
 use crate::store::{
     Acquire, ActionRecord, Committed, Manifest, ManifestEntry, Ref, Store, StoreError,
 };
+use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -196,25 +197,45 @@ fn build_once(
         };
         cx.flush_blobs(store)?;
         let common_id = store.put_json(&ev.common)?;
-        let (run, entries, failures) = run_stage(
-            store,
-            stage,
-            cx,
-            &ev,
-            common_id,
-            &known,
-            &old_entries,
-            opts,
-            reporter,
-        )?;
-        rep.stages.push(run);
-        if !failures.is_empty() {
-            rep.failures.extend(failures);
+        // A ref must never name a record that is gone. A concurrent `gc` may remove records
+        // of a long stage that are older than its grace and not yet under any ref: check
+        // before writing the ref, and compute again whatever vanished.
+        let mut reuse = &old_entries;
+        let empty = HashMap::new();
+        let mut passes = 0;
+        let entries = loop {
+            passes += 1;
+            let (run, entries, failures) = run_stage(
+                store, stage, cx, &ev, common_id, &known, reuse, opts, reporter,
+            )?;
+            if !failures.is_empty() {
+                rep.stages.push(run);
+                rep.failures.extend(failures);
+                break None;
+            }
+            let lost = entries
+                .par_iter()
+                .filter(|e| !store.has_record(&e.key))
+                .count();
+            if lost == 0 || passes == 3 {
+                rep.stages.push(run);
+                if lost > 0 {
+                    return Err(StoreError::Corrupt {
+                        what: format!("{lost} records of `{name}` keep vanishing while it builds"),
+                    }
+                    .into());
+                }
+                break Some(entries);
+            }
+            tracing::warn!("{lost} records of `{name}` vanished during the build; recomputing");
+            reuse = &empty;
+        };
+        let Some(entries) = entries else {
             if !opts.keep_going {
                 return Ok(rep);
             }
             continue;
-        }
+        };
         let manifest = Manifest { entries };
         let manifest_id = store.put(&manifest.encode())?;
         let output = manifest.output_hash();
