@@ -280,6 +280,9 @@ fn run_stage(
     };
     for (i, (key, item)) in ev.keys.iter().zip(&ev.items).enumerate() {
         if let Some(e) = old_entries.get(key) {
+            // Refresh: another process may point this stage's ref elsewhere meanwhile, and a
+            // concurrent gc must not take the record before our ref names it again.
+            store.touch(&store.record_path(key));
             *slots[i].lock().unwrap() = Some(ManifestEntry {
                 id: item.id.clone(),
                 ..e.clone()

@@ -205,10 +205,20 @@ impl<'s> Lease<'s> {
         }
         self.released = true;
         keeper().forget(&self.path);
-        let _ = std::fs::remove_file(&self.path);
-        // Older generations are dead by construction; tidy them.
-        for g in 0..self.info.generation {
-            let _ = std::fs::remove_file(self.store.lease_path(&self.info.key, g));
+        // Remove the file only if it is still ours: after a takeover it may be another
+        // holder's. Older generations stay (gc removes whole dead chains), so a chain never
+        // has a gap that would let a second holder start again at generation 0.
+        let ours = std::fs::read(&self.path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<LeaseInfo>(&b).ok())
+            .is_some_and(|i| {
+                i.pid == self.info.pid
+                    && i.host == self.info.host
+                    && i.start_time == self.info.start_time
+                    && i.acquired_ms == self.info.acquired_ms
+            });
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -340,8 +350,17 @@ impl Keeper {
             let mut sleep = Duration::from_millis(100);
             {
                 let mut held = self.held.lock().unwrap();
+                let now = now_ms();
+                // A lease that expired before we could renew it may have been taken over:
+                // rewriting it would overwrite the new holder. It is lost; stop renewing it.
+                held.retain(|path, (info, _)| {
+                    let alive = info.expires_ms > now;
+                    if !alive {
+                        tracing::warn!("lease {} expired before renewal; given up", path.display());
+                    }
+                    alive
+                });
                 for (path, (info, store)) in held.iter_mut() {
-                    let now = now_ms();
                     let third = store.ttl / 3;
                     sleep = sleep.min((third / 2).max(Duration::from_millis(20)));
                     if info.expires_ms.saturating_sub(now) <= (store.ttl - third).as_millis() as u64

@@ -183,26 +183,28 @@ impl Store {
                 .and_then(|t| now.duration_since(t).ok())
                 .is_none_or(|age| age < grace)
         };
-        // Mark.
+        // Mark. A read error here stops gc: an unreadable manifest or record must not turn
+        // into "unreachable", which would delete what it names.
         let mut keep_records: HashSet<Hash> = HashSet::new();
         let mut keep_objects: HashSet<Hash> = HashSet::new();
         let mut queue: VecDeque<Hash> = VecDeque::new();
         for r in self.refs()? {
             queue.push_back(r.manifest);
             queue.push_back(r.common);
-            if let Ok(m) = self.manifest(&r.manifest) {
-                for e in m.entries {
-                    keep_records.insert(e.key);
-                }
+            for e in self.manifest(&r.manifest)?.entries {
+                keep_records.insert(e.key);
             }
         }
+        let names = |rec: &super::ActionRecord, queue: &mut VecDeque<Hash>| {
+            queue.extend(rec.outputs.values().copied());
+            queue.push_back(rec.common);
+            let mut v = Vec::new();
+            obj_refs(&rec.ingredients, &mut v);
+            queue.extend(v);
+        };
         for key in &keep_records {
-            if let Ok(Some(rec)) = self.record(key) {
-                queue.extend(rec.outputs.values().copied());
-                queue.push_back(rec.common);
-                let mut v = Vec::new();
-                obj_refs(&rec.ingredients, &mut v);
-                queue.extend(v);
+            if let Some(rec) = self.record(key)? {
+                names(&rec, &mut queue);
             }
         }
         // Records not reached but fresh or leased are kept, and so is what they name.
@@ -219,13 +221,26 @@ impl Store {
                 continue;
             }
             if fresh(&p) || self.live_lease(&key).is_some() {
-                if let Ok(Some(rec)) = self.record(&key) {
-                    queue.extend(rec.outputs.values().copied());
-                    queue.push_back(rec.common);
+                if let Some(rec) = self.record(&key)? {
+                    names(&rec, &mut queue);
                 }
                 continue;
             }
-            drop_records.push(p);
+            drop_records.push((p, key));
+        }
+        // Sweep records first (so no record ever names a removed object). One that a build
+        // refreshed since the mark is kept, and so is everything it names.
+        for (p, key) in drop_records {
+            if fresh(&p) {
+                if let Some(rec) = self.record(&key)? {
+                    names(&rec, &mut queue);
+                }
+                continue;
+            }
+            rep.removed_records += 1;
+            if !dry_run {
+                let _ = fs::remove_file(&p);
+            }
         }
         while let Some(id) = queue.pop_front() {
             if !keep_objects.insert(id) {
@@ -237,15 +252,6 @@ impl Store {
                 let mut refs = Vec::new();
                 obj_refs(&v, &mut refs);
                 queue.extend(refs);
-            }
-        }
-        // Sweep: records first (so no record ever names a removed object), then objects.
-        for p in drop_records {
-            if !fresh(&p) {
-                rep.removed_records += 1;
-                if !dry_run {
-                    let _ = fs::remove_file(&p);
-                }
             }
         }
         for p in files_under(&self.root.join("objects-v1")) {
@@ -263,19 +269,50 @@ impl Store {
                 let _ = fs::remove_file(&p);
             }
         }
-        // Leases: dead ones, and any whose key has a record.
+        // Leases: a key's whole chain goes once every generation in it is dead; removing part
+        // of a chain would open a gap where a second holder could start over at generation 0.
+        let mut chains: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
         for p in files_under(&self.root.join("leases-v1")) {
-            let info: Option<super::LeaseInfo> = fs::read(&p)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            let dead = match &info {
-                Some(i) => !i.is_live(&self.me) || self.has_record(&i.key),
-                None => !fresh(&p),
-            };
-            if dead {
-                rep.removed_leases += 1;
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            let key = name.split('.').next().unwrap_or_default().to_string();
+            chains.entry(key).or_default().push(p);
+        }
+        for (_, files) in chains {
+            let all_dead = files.iter().all(|p| {
+                match fs::read(p)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<super::LeaseInfo>(&b).ok())
+                {
+                    Some(i) => !i.is_live(&self.me),
+                    None => !fresh(p),
+                }
+            });
+            if all_dead {
+                rep.removed_leases += files.len();
                 if !dry_run {
-                    let _ = fs::remove_file(&p);
+                    let mut files = files;
+                    // Lowest generation first, each re-read just before removal: a taker that
+                    // finds generation 0 gone starts a fresh chain there, and a generation
+                    // re-created meanwhile is live and stays.
+                    files.sort_by_key(|p| {
+                        p.extension()
+                            .and_then(|e| e.to_str())
+                            .and_then(|e| e.parse::<u32>().ok())
+                            .unwrap_or(0)
+                    });
+                    for p in &files {
+                        let still_dead = fs::read(p)
+                            .ok()
+                            .and_then(|b| serde_json::from_slice::<super::LeaseInfo>(&b).ok())
+                            .is_none_or(|i| !i.is_live(&self.me));
+                        if still_dead {
+                            let _ = fs::remove_file(p);
+                        }
+                    }
                 }
             }
         }

@@ -378,7 +378,14 @@ impl Store {
     pub fn put(&self, bytes: &[u8]) -> Result<Hash, StoreError> {
         let id = Hash::of(bytes);
         let path = self.object_path(&id);
-        if !path.exists() {
+        if path.exists() {
+            // Reused: refresh it so a concurrent gc (which keeps fresh files) keeps it, and make
+            // sure its directory entry is durable before any record names it.
+            self.touch(&path);
+            if self.writer.fsync {
+                let _ = atomic::sync_dir(path.parent().unwrap_or(&self.root));
+            }
+        } else {
             self.writer.write(&path, bytes, Mode::Replace)?;
         }
         Ok(id)
