@@ -40,6 +40,11 @@ pub struct LeaseInfo {
 }
 
 impl LeaseInfo {
+    /// Read a lease file; `None` when absent or unreadable.
+    pub fn read(path: &std::path::Path) -> Option<LeaseInfo> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
     /// Whether the holder still counts as working on the key.
     pub fn is_live(&self, me: &Identity) -> bool {
         if self.expires_ms <= now_ms() {
@@ -208,15 +213,12 @@ impl<'s> Lease<'s> {
         // Remove the file only if it is still ours: after a takeover it may be another
         // holder's. Older generations stay (gc removes whole dead chains), so a chain never
         // has a gap that would let a second holder start again at generation 0.
-        let ours = std::fs::read(&self.path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<LeaseInfo>(&b).ok())
-            .is_some_and(|i| {
-                i.pid == self.info.pid
-                    && i.host == self.info.host
-                    && i.start_time == self.info.start_time
-                    && i.acquired_ms == self.info.acquired_ms
-            });
+        let ours = LeaseInfo::read(&self.path).is_some_and(|i| {
+            i.pid == self.info.pid
+                && i.host == self.info.host
+                && i.start_time == self.info.start_time
+                && i.acquired_ms == self.info.acquired_ms
+        });
         if ours {
             let _ = std::fs::remove_file(&self.path);
         }
@@ -239,8 +241,7 @@ impl Store {
 
     /// Read generation `generation` of a key's lease, if present and readable.
     fn read_lease(&self, key: &Hash, generation: u32) -> Option<LeaseInfo> {
-        let bytes = std::fs::read(self.lease_path(key, generation)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        LeaseInfo::read(&self.lease_path(key, generation))
     }
 
     /// The live lease on a key, if any (for status).

@@ -82,6 +82,11 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The key a record file is named by (`actions-v1/ab/<key>.json`).
+fn record_key(p: &Path) -> Option<Hash> {
+    p.file_stem()?.to_str()?.parse().ok()
+}
+
 fn quarantine(store: &Store, path: &Path, kind: &str) -> Result<(), StoreError> {
     let dir = store.root.join("quarantine-v1").join(kind);
     fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
@@ -121,10 +126,7 @@ impl Store {
         let mut good_records = HashSet::new();
         for p in files_under(&self.root.join("actions-v1")) {
             rep.records += 1;
-            let key = p
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse::<Hash>().ok());
+            let key = record_key(&p);
             let problem = match key {
                 None => Some("file name is not a key".to_string()),
                 Some(key) => match self.record(&key) {
@@ -210,11 +212,7 @@ impl Store {
         // Records not reached but fresh or leased are kept, and so is what they name.
         let mut drop_records = Vec::new();
         for p in files_under(&self.root.join("actions-v1")) {
-            let Some(key) = p
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse::<Hash>().ok())
-            else {
+            let Some(key) = record_key(&p) else {
                 continue;
             };
             if keep_records.contains(&key) {
@@ -282,14 +280,9 @@ impl Store {
             chains.entry(key).or_default().push(p);
         }
         for (_, files) in chains {
-            let all_dead = files.iter().all(|p| {
-                match fs::read(p)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<super::LeaseInfo>(&b).ok())
-                {
-                    Some(i) => !i.is_live(&self.me),
-                    None => !fresh(p),
-                }
+            let all_dead = files.iter().all(|p| match super::LeaseInfo::read(p) {
+                Some(i) => !i.is_live(&self.me),
+                None => !fresh(p),
             });
             if all_dead {
                 rep.removed_leases += files.len();
@@ -305,10 +298,8 @@ impl Store {
                             .unwrap_or(0)
                     });
                     for p in &files {
-                        let still_dead = fs::read(p)
-                            .ok()
-                            .and_then(|b| serde_json::from_slice::<super::LeaseInfo>(&b).ok())
-                            .is_none_or(|i| !i.is_live(&self.me));
+                        let still_dead =
+                            super::LeaseInfo::read(p).is_none_or(|i| !i.is_live(&self.me));
                         if still_dead {
                             let _ = fs::remove_file(p);
                         }
