@@ -17,8 +17,10 @@
 
 pub mod config;
 pub mod engine;
+pub mod guard;
 pub mod inspect;
 pub mod key;
+pub mod llm;
 pub mod progress;
 pub mod stages;
 pub mod store;
