@@ -24,6 +24,7 @@ pub mod llm;
 pub mod progress;
 pub mod stages;
 pub mod store;
+pub mod workflow;
 
 /// Crash-test hook: when `PIPE_FAILPOINT` names this point, the process aborts right here, as a
 /// power cut would stop it (no destructors, no flush). `name:N` aborts at the N-th hit.

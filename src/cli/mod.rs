@@ -8,11 +8,13 @@ mod render;
 use anyhow::{Context as _, Result};
 use args::{Args, Cmd};
 use clap::Parser;
-use pipe::config::{self, Loaded};
+use pipe::config::{self, Loaded, Role};
 use pipe::engine::{self, BuildOptions, Context};
+use pipe::stages::runtime::{Probe, Runtime};
 use pipe::stages::{self, Mode};
 use pipe::store::{Store, StoreOptions};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Exit codes: 0 success, 1 the work failed (a build, a verify), 2 bad input.
@@ -68,15 +70,44 @@ fn run(args: Args) -> Result<Exit> {
         return bench::run(&args, b);
     }
     let loaded = load(&args)?;
-    let pipeline = stages::pipeline(mode(&args));
     let cx = Context::new(&loaded);
+    // A pipeline whose runtime asks no server: enough to check targets and for the commands
+    // that only read (they take model identities from what the last build cached).
+    let offline = |store: Option<&Store>| {
+        let probe = match mode(&args) {
+            Mode::Synthetic => Probe::ConfigOnly,
+            Mode::Real => Probe::CacheOnly,
+        };
+        stages::pipeline(mode(&args), Arc::new(Runtime::new(&loaded, store, probe)))
+    };
     match &args.cmd {
         Cmd::Build(b) => {
             // Reject unknown targets before touching the store.
-            pipeline
-                .closure(&b.targets)
-                .map_err(|e| BadInput(e.to_string()))?;
+            let names: Vec<&str> = {
+                let p = stages::pipeline(
+                    mode(&args),
+                    Arc::new(Runtime::new(&loaded, None, Probe::ConfigOnly)),
+                );
+                let closure = p.closure(&b.targets).map_err(|e| BadInput(e.to_string()))?;
+                closure.iter().map(|&i| p.names()[i]).collect()
+            };
             let store = open_store(&loaded)?;
+            // A build asks the servers of the arms it will run who they are.
+            let probe = match mode(&args) {
+                Mode::Synthetic => Probe::ConfigOnly,
+                Mode::Real => {
+                    Probe::Servers(match (names.contains(&"trial"), names.contains(&"eval")) {
+                        (true, true) => &[Role::Baseline, Role::Finetuned],
+                        (true, false) => &[Role::Baseline],
+                        (false, true) => &[Role::Finetuned],
+                        (false, false) => &[],
+                    })
+                }
+            };
+            let pipeline = stages::pipeline(
+                mode(&args),
+                Arc::new(Runtime::new(&loaded, Some(&store), probe)),
+            );
             let opts = BuildOptions {
                 jobs: b
                     .jobs
@@ -96,21 +127,24 @@ fn run(args: Args) -> Result<Exit> {
         }
         Cmd::Status(s) => {
             let store = open_store(&loaded)?;
+            let pipeline = offline(Some(&store));
             let st = engine::status(&store, &pipeline, &cx)?;
             render::status(&st, s.json);
             Ok(Exit::Ok)
         }
         Cmd::Explain(e) => {
-            pipeline
+            offline(None)
                 .closure(std::slice::from_ref(&e.target))
                 .map_err(|err| BadInput(err.to_string()))?;
             let store = open_store(&loaded)?;
+            let pipeline = offline(Some(&store));
             let ex = engine::explain(&store, &pipeline, &cx, &e.target)?;
             render::explain(&ex, e.json);
             Ok(Exit::Ok)
         }
         Cmd::Show(s) => {
             let store = open_store(&loaded)?;
+            let pipeline = offline(Some(&store));
             let v = pipe::inspect::show(&store, &pipeline, &cx, &s.what)?;
             render::show(&v, s.json);
             Ok(Exit::Ok)

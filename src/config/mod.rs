@@ -121,6 +121,12 @@ pub struct ModelSpec {
     pub api_key_env: Option<String>,
     /// CPU threads for the local backend.
     pub threads: Option<u32>,
+    /// How many times an infrastructure failure (refused, timeout, 429, 5xx, malformed
+    /// reply) is retried before the build stops (openai; default 5). Not part of any key.
+    pub retries: Option<u32>,
+    /// The first retry's delay in milliseconds; doubled each time, with jitter, capped at
+    /// 30 s (openai; default 1000). Not part of any key.
+    pub backoff_ms: Option<u64>,
 }
 
 impl ModelSpec {

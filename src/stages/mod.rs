@@ -10,13 +10,16 @@
 //! ([`synthetic`]) are small deterministic stand-ins that exercise the engine with the real
 //! keys, items and DAG (tests, benchmarks, and `pipe --synthetic`).
 
+pub mod runtime;
 pub mod synthetic;
+pub mod trial;
 
-use crate::config::{Loaded, Role};
-use crate::engine::{Context, Item, Job, Outputs, Pipeline, Shared, Stage, StageError};
-use rayon::prelude::*;
+use crate::config::Role;
+use crate::engine::{Context, Item, Job, Outputs, Pipeline, Stage, StageError};
+use runtime::Runtime;
 use serde_json::{Value, json};
 use std::sync::Arc;
+use trial::TrialStage;
 
 /// Which run functions the pipeline uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +30,8 @@ pub enum Mode {
     Synthetic,
 }
 
-type RunFn = fn(&Job<'_>) -> Result<Outputs, StageError>;
+/// What a stage does with one item.
+pub type RunFn = fn(&Job<'_>) -> Result<Outputs, StageError>;
 
 /// A stage declared by functions.
 pub struct Declared {
@@ -78,41 +82,6 @@ pub fn trial_seed(experiment_seed: u64, task: &str, index: u32) -> u64 {
     u64::from_le_bytes(b.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-/// One item per task × arm of `role` × trial index. The task × arm part is shared.
-fn trial_items(cx: &Context<'_>, role: Role) -> Vec<Item> {
-    let l: &Loaded = cx.loaded;
-    let trials = l.config.experiment.trials;
-    let mut groups = Vec::new();
-    for task in &l.tasks {
-        let spec = cx.blob(&task.value);
-        for (arm_name, arm) in l.arms(role) {
-            let shared = Shared::new(json!({
-                "task": spec,
-                "arm": arm_name,
-                "model": l.config.models[arm.model.get_ref()].identity(),
-                "rmax": arm.rmax,
-            }));
-            groups.push((task.id.as_str(), arm_name, shared));
-        }
-    }
-    let seed = l.config.experiment.seed;
-    groups
-        .par_iter()
-        .flat_map_iter(|(task, arm, shared)| {
-            (0..trials).map(move |index| Item {
-                id: format!("{task}/{arm}/{index}"),
-                shared: Arc::clone(shared),
-                own: json!({ "index": index, "seed": trial_seed(seed, task, index) }),
-            })
-        })
-        .collect()
-}
-
-fn trial_params(cx: &Context<'_>) -> Value {
-    let c = &cx.loaded.config;
-    json!({ "sampling": c.sampling, "guard": c.guard })
-}
-
 fn one(id: &str, ingredients: Value) -> Vec<Item> {
     vec![Item::new(id, ingredients)]
 }
@@ -121,27 +90,19 @@ fn unavailable(stage: &'static str, note: &'static str) -> StageError {
     StageError::Unavailable { stage, note }
 }
 
-/// The pipeline, with real or synthetic run functions.
-pub fn pipeline(mode: Mode) -> Pipeline {
+/// The pipeline, with real or synthetic run functions, over a runtime (models, guard).
+pub fn pipeline(mode: Mode, rt: Arc<Runtime>) -> Pipeline {
     let real = mode == Mode::Real;
     let pick = |r: RunFn, s: RunFn| if real { r } else { s };
     let stages: Vec<Box<dyn Stage>> = vec![
-        Box::new(Declared {
+        Box::new(TrialStage {
             name: "trial",
             version: 1,
             deps: &[],
-            params: trial_params,
-            items: |cx| trial_items(cx, Role::Baseline),
-            synthetic: !real,
-            run: pick(
-                |_| {
-                    Err(unavailable(
-                        "trial",
-                        "the TDD workflow and sandboxed guards: issue #4",
-                    ))
-                },
-                synthetic::trial,
-            ),
+            role: Role::Baseline,
+            rt: Arc::clone(&rt),
+            synthetic: (!real).then_some(synthetic::trial as RunFn),
+            pending: None,
         }),
         Box::new(Declared {
             name: "extract",
@@ -211,17 +172,14 @@ pub fn pipeline(mode: Mode) -> Pipeline {
                 synthetic::derive,
             ),
         }),
-        Box::new(Declared {
+        Box::new(TrialStage {
             name: "eval",
             version: 1,
             deps: &["convert"],
-            params: trial_params,
-            items: |cx| trial_items(cx, Role::Finetuned),
-            synthetic: !real,
-            run: pick(
-                |_| Err(unavailable("eval", "needs trial (issue #4) and convert")),
-                synthetic::trial,
-            ),
+            role: Role::Finetuned,
+            rt,
+            synthetic: (!real).then_some(synthetic::trial as RunFn),
+            pending: Some("needs the fine-tuned model from train and convert: not yet filed"),
         }),
         Box::new(Declared {
             name: "report",

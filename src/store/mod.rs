@@ -510,6 +510,30 @@ impl Store {
         Ok(())
     }
 
+    /// What a build last learned about something outside the store that keys depend on (a
+    /// model server's digest), so that `status` can compute the same keys without asking the
+    /// server. A cache: losing it costs one probe; `name` is any stable string.
+    pub fn put_probe(&self, name: &str, v: &Value) -> Result<(), StoreError> {
+        let dir = self.root.join("probes-v1");
+        fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = dir.join(format!("{}.json", Hash::of(name.as_bytes()).to_hex()));
+        let bytes = serde_json::to_vec(v).expect("JSON serialises");
+        self.writer.write(&path, &bytes, Mode::Replace)?;
+        Ok(())
+    }
+
+    /// The last value [`Store::put_probe`] wrote under `name`, if any (a damaged one is none).
+    pub fn get_probe(&self, name: &str) -> Option<Value> {
+        let path = self
+            .root
+            .join("probes-v1")
+            .join(format!("{}.json", Hash::of(name.as_bytes()).to_hex()));
+        serde_json::from_slice(&fs::read(path).ok()?).ok()
+    }
+
     /// Drop a stage's ref (verify does this when the build it names lost a record).
     pub fn drop_ref(&self, stage: &str) -> Result<bool, StoreError> {
         match fs::remove_file(self.ref_path(stage)) {

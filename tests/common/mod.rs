@@ -1,6 +1,8 @@
 //! A throwaway project (pipeline.toml + tasks + store) and a way to run `pipe` on it.
 #![allow(dead_code)]
 
+pub mod scripted;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -36,6 +38,119 @@ impl Project {
             std::fs::copy(e.path(), dir.path().join("tasks").join(e.file_name())).unwrap();
         }
         Project { dir }
+    }
+
+    /// A real (not synthetic) pipeline against an OpenAI-compatible server at `url`.
+    /// `extra` is appended to the `[models.m]` table (e.g. `retries = 1`).
+    pub fn openai(url: &str, tasks: &[&str], trials: u32, rmax: u32, extra: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let tasks_list = tasks
+            .iter()
+            .map(|t| format!("{t:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text = format!(
+            r#"[experiment]
+name = "scripted"
+tasks = [{tasks_list}]
+tasks_dir = "tasks"
+trials = {trials}
+seed = 1
+
+[arms.base]
+model = "m"
+rmax = {rmax}
+role = "baseline"
+
+[arms.finetuned]
+model = "m"
+rmax = {rmax}
+role = "finetuned"
+
+[models.m]
+backend = "openai"
+base_urls = ["{url}"]
+name = "test-model"
+{extra}
+
+[sampling]
+temperature = 0.7
+top_p = 0.95
+max_tokens = 512
+request_timeout_s = 2
+
+[guard]
+timeout_s = 10
+memory_mb = 1024
+max_processes = 64
+feedback_bytes = 2000
+mutation_guard = false
+
+[train]
+from_arm = "base"
+rank = 16
+alpha = 16.0
+learning_rate = 2e-4
+epochs = 3
+batch_size = 4
+max_seq_len = 1024
+val_fraction = 0.1
+seed = 7
+device = "cpu"
+
+[convert]
+quantization = "q4_k_m"
+f16 = true
+
+[report]
+dir = "reports"
+
+[store]
+path = "store"
+lease_ttl_s = 30
+"#
+        );
+        std::fs::write(dir.path().join("pipeline.toml"), text).unwrap();
+        std::fs::create_dir(dir.path().join("tasks")).unwrap();
+        for e in std::fs::read_dir(root.join("tasks")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.path().join("tasks").join(e.file_name())).unwrap();
+        }
+        Project { dir }
+    }
+
+    /// A real `pipe -f <project>/pipeline.toml <args>` with the repo's venv.
+    pub fn real(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("-f")
+            .arg(self.path("pipeline.toml"))
+            .args(args)
+            .env("PIPE_VENV", venv())
+            .env_remove("PIPE_FAILPOINT")
+            .env_remove("PIPE_SYNTHETIC");
+        c
+    }
+
+    /// The trial transcripts in the store, by item id.
+    pub fn trials(&self, stage: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+        let mut out = std::collections::BTreeMap::new();
+        for e in walkdir::WalkDir::new(self.path("store/actions-v1"))
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+        {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+            if v["stage"] != stage {
+                continue;
+            }
+            let hex = v["outputs"]["trial"].as_str().unwrap().to_string();
+            let obj = self.path(&format!("store/objects-v1/{}/{hex}", &hex[..2]));
+            let t = serde_json::from_slice(&std::fs::read(obj).unwrap()).unwrap();
+            out.insert(v["item"].as_str().unwrap().to_string(), t);
+        }
+        out
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -129,6 +244,11 @@ impl Project {
             })
             .collect()
     }
+}
+
+/// The repo's Python venv (made by scripts/setup.sh).
+pub fn venv() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv")
 }
 
 /// A small deterministic PRNG (splitmix64), so a failing crash test can be replayed by seed.

@@ -1,0 +1,159 @@
+//! What pipe adds on top of the model server: `pipe build trial` through a real llama.cpp
+//! server (xllamacpp, SmolLM2-135M), then the very same requests (same prompts, seeds and
+//! sampling, so the same tokens) replayed straight at a fresh server with the same concurrency.
+//!
+//!     cargo bench --bench trial_overhead            # needs scripts/setup.sh
+//!     PIPE_BENCH_TRIALS=4 cargo bench --bench trial_overhead
+//!
+//! Prints one table: wall times, the ratio, and where pipe's time went (model, guards, rest).
+
+#![allow(clippy::print_stdout)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+struct Server(Child, String);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn server(parallel: u32) -> Server {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut child = Command::new(common::venv().join("bin/python"))
+        .arg(root.join("scripts/llama_server.py"))
+        .args([
+            "--model",
+            model.to_str().unwrap(),
+            "--port",
+            "0",
+            "--threads",
+            "1",
+        ])
+        .args(["--ctx", "4096", "--parallel", &parallel.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run scripts/setup.sh first");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("READY ")
+        .expect("server ready")
+        .to_string();
+    Server(child, url)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let trials: u32 = std::env::var("PIPE_BENCH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let jobs = 2u32;
+    let tasks = [
+        "stack",
+        "queue",
+        "calculator",
+        "lru_cache",
+        "template",
+        "password",
+    ];
+
+    // 1. pipe, end to end.
+    let srv = server(jobs);
+    let p = common::Project::openai(&srv.1, &tasks, trials, 1, "");
+    let cfg = std::fs::read_to_string(p.path("pipeline.toml"))
+        .unwrap()
+        .replace("max_tokens = 512", "max_tokens = 256")
+        .replace("request_timeout_s = 2", "request_timeout_s = 120");
+    std::fs::write(p.path("pipeline.toml"), cfg).unwrap();
+    let t = Instant::now();
+    let o = p
+        .real(&["build", "trial", "--jobs", &jobs.to_string()])
+        .output()
+        .unwrap();
+    let pipe_wall = t.elapsed();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(srv);
+
+    // 2. The same requests, straight at a fresh server (an empty prompt cache, like pipe's).
+    let recs = p.trials("trial");
+    let (mut model_ms, mut guard_ms, mut requests, mut passed) = (0u64, 0u64, 0usize, 0usize);
+    let mut per_trial: Vec<Vec<Value>> = Vec::new();
+    for t in recs.values() {
+        passed += usize::from(t["passed"] == true);
+        let mut reqs = Vec::new();
+        for a in t["attempts"].as_array().unwrap() {
+            model_ms += a["model_ms"].as_u64().unwrap();
+            guard_ms += a["guard_ms"].as_u64().unwrap();
+            requests += 1;
+            reqs.push(json!({
+                "model": "test-model",
+                "messages": [
+                    {"role": "system", "content": t["system"]},
+                    {"role": "user", "content": a["prompt"]},
+                ],
+                "temperature": 0.7, "top_p": 0.95, "max_tokens": 256,
+                "seed": a["seed"], "stream": false,
+            }));
+        }
+        per_trial.push(reqs);
+    }
+    let srv = server(jobs);
+    let url = format!("{}/v1/chat/completions", srv.1);
+    let queue = Mutex::new(per_trial);
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                while let Some(reqs) = queue.lock().unwrap().pop() {
+                    for r in reqs {
+                        let v: Value = http.post(&url).json(&r).send().unwrap().json().unwrap();
+                        assert!(v["choices"][0]["message"].is_object());
+                    }
+                }
+            });
+        }
+    });
+    let alone = t.elapsed();
+    let n = recs.len();
+    println!(
+        "trial overhead: {n} trials ({passed} passed), {requests} requests, {jobs} jobs, SmolLM2-135M via xllamacpp, 1 thread per slot"
+    );
+    println!("| | wall | trials/s |");
+    println!("|---|---|---|");
+    println!(
+        "| pipe build trial | {:.2} s | {:.3} |",
+        pipe_wall.as_secs_f64(),
+        n as f64 / pipe_wall.as_secs_f64()
+    );
+    println!(
+        "| same requests, server alone | {:.2} s | {:.3} |",
+        alone.as_secs_f64(),
+        n as f64 / alone.as_secs_f64()
+    );
+    println!(
+        "ratio pipe / server alone: {:.3}; summed over trials: model {:.1} s, guards (syntax, pytest, mutants excluded) {:.1} s",
+        pipe_wall.as_secs_f64() / alone.as_secs_f64(),
+        model_ms as f64 / 1e3,
+        guard_ms as f64 / 1e3
+    );
+}

@@ -1,0 +1,171 @@
+//! What stages need from outside the store while they declare and run items: each model's
+//! identity (what keys depend on), a client per model, and the guard's Python.
+//!
+//! Identities of served models come from the server (its digest), which `status` must not
+//! have to ask: a build probes the servers it is about to use and caches what they said in the
+//! store; `status`, `explain` and `show` read that cache. So moving a server, or taking it down,
+//! never makes `status` slow or wrong, and a changed model behind the same name shows up as
+//! stale after the next build's probe.
+
+use crate::config::{Backend, Loaded, ModelSpec, Role};
+use crate::guard::PyEnv;
+use crate::llm::ChatModel;
+use crate::llm::openai::{OpenAi, OpenAiConfig};
+use crate::store::Store;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Models, identities and the guard environment for one run of pipe.
+pub struct Runtime {
+    identities: BTreeMap<String, Value>,
+    probe_errors: BTreeMap<String, String>,
+    pyenv: Result<PyEnv, String>,
+    clients: Mutex<BTreeMap<String, Arc<dyn ChatModel>>>,
+}
+
+/// How a runtime learns model identities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// Ask the servers of these roles' arms (a build); fall back to the cache if they fail.
+    Servers(&'static [Role]),
+    /// Only the cache (status, explain, show).
+    CacheOnly,
+    /// Only the config (synthetic stages, which never talk to a model).
+    ConfigOnly,
+}
+
+fn probe_name(name: &str, spec: &ModelSpec) -> String {
+    format!(
+        "model-identity|{name}|{}|{}",
+        spec.name.as_deref().unwrap_or_default(),
+        spec.base_urls.as_deref().unwrap_or_default().join(",")
+    )
+}
+
+fn openai_client(loaded: &Loaded, spec: &ModelSpec) -> Result<OpenAi, String> {
+    let api_key = match &spec.api_key_env {
+        Some(var) => Some(std::env::var(var).map_err(|_| {
+            format!("the API key variable `{var}` (models.*.api_key_env) is not set")
+        })?),
+        None => None,
+    };
+    OpenAi::new(OpenAiConfig {
+        base_urls: spec.base_urls.clone().unwrap_or_default(),
+        model: spec.name.clone().unwrap_or_default(),
+        api_key,
+        timeout: Duration::from_secs(loaded.config.sampling.request_timeout_s.max(1)),
+        retries: spec.retries.unwrap_or(5),
+        backoff: Duration::from_millis(spec.backoff_ms.unwrap_or(1000)),
+    })
+    .map_err(|e| e.to_string())
+}
+
+impl Runtime {
+    /// A runtime for `loaded`, learning identities as `probe` says.
+    pub fn new(loaded: &Loaded, store: Option<&Store>, probe: Probe) -> Runtime {
+        let mut identities = BTreeMap::new();
+        let mut probe_errors = BTreeMap::new();
+        let wanted: Vec<&str> = match probe {
+            Probe::Servers(roles) => loaded
+                .config
+                .arms
+                .values()
+                .filter(|a| roles.contains(&a.role))
+                .map(|a| a.model.get_ref().as_str())
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (name, spec) in &loaded.config.models {
+            let base = spec.identity();
+            let id = match (*spec.backend.get_ref(), probe) {
+                (Backend::Openai, Probe::ConfigOnly) | (Backend::Local, _) => base,
+                (Backend::Openai, _) => {
+                    let key = probe_name(name, spec);
+                    let cached = store.and_then(|s| s.get_probe(&key));
+                    let fresh = if wanted.contains(&name.as_str()) {
+                        match openai_client(loaded, spec)
+                            .and_then(|c| c.identity().map_err(|e| e.to_string()))
+                        {
+                            Ok(v) => {
+                                if let Some(s) = store
+                                    && cached.as_ref() != Some(&v)
+                                    && let Err(e) = s.put_probe(&key, &v)
+                                {
+                                    tracing::warn!("caching the identity of {name}: {e}");
+                                }
+                                Some(v)
+                            }
+                            Err(e) => {
+                                tracing::warn!("could not ask model `{name}` who it is: {e}");
+                                probe_errors.insert(name.clone(), e);
+                                None
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    let served = fresh.or(cached).unwrap_or(json!({"digest": null}));
+                    json!({"backend": "openai", "name": spec.name, "served": served})
+                }
+            };
+            identities.insert(name.clone(), id);
+        }
+        let pyenv = match probe {
+            Probe::ConfigOnly => Err("synthetic stages need no guard".into()),
+            _ => PyEnv::discover(&loaded.dir).map_err(|e| e.to_string()),
+        };
+        Runtime {
+            identities,
+            probe_errors,
+            pyenv,
+            clients: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// What identifies model `name` (a `[models]` key) in keys.
+    pub fn model_identity(&self, name: &str) -> Value {
+        self.identities.get(name).cloned().unwrap_or(Value::Null)
+    }
+
+    /// What identifies the guard's Python in keys (or why it is unavailable).
+    pub fn guard_identity(&self) -> Value {
+        match &self.pyenv {
+            Ok(env) => env.identity(),
+            Err(e) => json!({ "unavailable": e }),
+        }
+    }
+
+    /// The guard's Python, or what is missing and how to get it.
+    pub fn pyenv(&self) -> Result<&PyEnv, String> {
+        self.pyenv.as_ref().map_err(Clone::clone)
+    }
+
+    /// The client for model `name`, created once.
+    pub fn model(&self, loaded: &Loaded, name: &str) -> Result<Arc<dyn ChatModel>, String> {
+        let mut clients = self.clients.lock().unwrap();
+        if let Some(c) = clients.get(name) {
+            return Ok(Arc::clone(c));
+        }
+        let spec = loaded
+            .config
+            .models
+            .get(name)
+            .ok_or_else(|| format!("no model `{name}`"))?;
+        let client: Arc<dyn ChatModel> = match spec.backend.get_ref() {
+            Backend::Openai => {
+                if let Some(e) = self.probe_errors.get(name) {
+                    tracing::warn!("model `{name}` did not answer the identity probe: {e}");
+                }
+                Arc::new(openai_client(loaded, spec)?)
+            }
+            Backend::Local => return Err(LOCAL_PENDING.into()),
+        };
+        clients.insert(name.to_string(), Arc::clone(&client));
+        Ok(client)
+    }
+}
+
+/// Why the local backend cannot answer yet.
+pub const LOCAL_PENDING: &str = "the local backend (candle in process): issue #6";

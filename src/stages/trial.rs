@@ -1,0 +1,166 @@
+//! The `trial` stage (and `eval`'s declaration): one action per task × arm × trial index, each
+//! running the TDD workflow against the arm's model and recording every attempt.
+
+use super::runtime::{LOCAL_PENDING, Runtime};
+use super::trial_seed;
+use crate::config::{Loaded, Role};
+use crate::engine::{Context, Item, Job, Outputs, Shared, Stage, StageError};
+use crate::guard::Limits;
+use crate::workflow::prompts::Prompts;
+use crate::workflow::{TrialError, TrialSetup};
+use rayon::prelude::*;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A stage that maps the workflow over task × arm (of one role) × index.
+pub struct TrialStage {
+    /// `trial` or `eval`.
+    pub name: &'static str,
+    /// Bumped when the workflow's logic changes.
+    pub version: u32,
+    /// Upstream stages.
+    pub deps: &'static [&'static str],
+    /// Which arms.
+    pub role: Role,
+    /// Models and guard.
+    pub rt: Arc<Runtime>,
+    /// The synthetic stand-in, when not real.
+    pub synthetic: Option<super::RunFn>,
+    /// Why the real work cannot run yet, if it cannot.
+    pub pending: Option<&'static str>,
+}
+
+/// The guard limits of a config.
+pub fn limits(loaded: &Loaded) -> Limits {
+    let g = &loaded.config.guard;
+    Limits {
+        timeout: Duration::from_secs(g.timeout_s.max(1)),
+        memory_mb: g.memory_mb,
+        max_processes: g.max_processes,
+        feedback_bytes: g.feedback_bytes,
+    }
+}
+
+impl Stage for TrialStage {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn version(&self) -> u32 {
+        self.version
+    }
+    fn deps(&self) -> &'static [&'static str] {
+        self.deps
+    }
+    fn params(&self, cx: &Context<'_>) -> Value {
+        let c = &cx.loaded.config;
+        if self.synthetic.is_some() {
+            return json!({ "synthetic": { "sampling": c.sampling, "guard": c.guard } });
+        }
+        json!({
+            "sampling": c.sampling,
+            "guard": c.guard,
+            "guard_env": self.rt.guard_identity(),
+            "prompts": cx.blob(&Prompts::identity()),
+        })
+    }
+    fn items(&self, cx: &Context<'_>) -> Vec<Item> {
+        let l = cx.loaded;
+        let trials = l.config.experiment.trials;
+        let mut groups = Vec::new();
+        for task in &l.tasks {
+            let spec = cx.blob(&task.value);
+            for (arm_name, arm) in l.arms(self.role) {
+                let shared = Shared::new(json!({
+                    "task": spec,
+                    "arm": arm_name,
+                    "model": self.rt.model_identity(arm.model.get_ref()),
+                    "rmax": arm.rmax,
+                }));
+                groups.push((task.id.as_str(), arm_name, shared));
+            }
+        }
+        let seed = l.config.experiment.seed;
+        groups
+            .par_iter()
+            .flat_map_iter(|(task, arm, shared)| {
+                (0..trials).map(move |index| Item {
+                    id: format!("{task}/{arm}/{index}"),
+                    shared: Arc::clone(shared),
+                    own: json!({ "index": index, "seed": trial_seed(seed, task, index) }),
+                })
+            })
+            .collect()
+    }
+    fn run(&self, job: &Job<'_>) -> Result<Outputs, StageError> {
+        if let Some(f) = self.synthetic {
+            return f(job);
+        }
+        if let Some(note) = self.pending {
+            return Err(StageError::Unavailable {
+                stage: self.name,
+                note,
+            });
+        }
+        run_trial(&self.rt, job)
+    }
+}
+
+fn run_trial(rt: &Runtime, job: &Job<'_>) -> Result<Outputs, StageError> {
+    let l = job.cx.loaded;
+    let mut parts = job.item.id.splitn(3, '/');
+    let (Some(task_id), Some(arm_name), Some(index)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(StageError::Failed(format!(
+            "bad trial id {:?}",
+            job.item.id
+        )));
+    };
+    let index: u32 = index
+        .parse()
+        .map_err(|_| StageError::Failed(format!("bad trial index in {:?}", job.item.id)))?;
+    let task = l
+        .tasks
+        .iter()
+        .find(|t| t.id == task_id)
+        .ok_or_else(|| StageError::Failed(format!("no task {task_id:?}")))?;
+    let arm = &l.config.arms[arm_name];
+    let model = rt.model(l, arm.model.get_ref()).map_err(|e| {
+        if e == LOCAL_PENDING {
+            StageError::Unavailable {
+                stage: "trial",
+                note: LOCAL_PENDING,
+            }
+        } else {
+            StageError::Infra(e)
+        }
+    })?;
+    let env = rt.pyenv().map_err(StageError::Infra)?;
+    let limits = limits(l);
+    let prompts = Prompts::builtin();
+    let s = &l.config.sampling;
+    let setup = TrialSetup {
+        model: model.as_ref(),
+        env,
+        limits: &limits,
+        prompts: &prompts,
+        task: &task.value,
+        ids: (task_id, arm_name, index),
+        temperature: s.temperature,
+        top_p: s.top_p,
+        max_tokens: s.max_tokens,
+        rmax: arm.rmax,
+        seed: trial_seed(l.config.experiment.seed, task_id, index),
+        mutation_guard: l.config.guard.mutation_guard,
+    };
+    let rec = setup.run().map_err(|e| match e {
+        TrialError::Prompt(p) => StageError::Failed(p.to_string()),
+        other => StageError::Infra(other.to_string()),
+    })?;
+    let v = serde_json::to_value(&rec).expect("trial record serialises");
+    let id = job.store.put_json(&v)?;
+    Ok(Outputs {
+        objects: [("trial".to_string(), id)].into(),
+        summary: rec.summary(),
+    })
+}

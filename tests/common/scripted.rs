@@ -1,0 +1,173 @@
+//! A scripted OpenAI-compatible server for tests: the test decides each reply from the request
+//! (and how many came before), including the broken ones — hangs, truncated JSON, 429s.
+#![allow(dead_code)]
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A request as the server saw it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub body: Value,
+    /// 0-based arrival number among all requests.
+    pub n: usize,
+}
+
+impl Request {
+    /// The user turn of a chat request.
+    pub fn user(&self) -> &str {
+        self.body["messages"][1]["content"].as_str().unwrap_or("")
+    }
+    /// Is this the tests step's prompt (else the implementation's)?
+    pub fn is_tests_step(&self) -> bool {
+        self.user().starts_with("Write pytest tests")
+    }
+    pub fn is_chat(&self) -> bool {
+        self.path.ends_with("/chat/completions")
+    }
+}
+
+/// What to answer.
+pub enum Reply {
+    /// A chat completion whose message content is this text.
+    Content(String),
+    /// A JSON body with a status and extra headers.
+    Json(u16, Value, Vec<(String, String)>),
+    /// These bytes as a 200 body (e.g. truncated JSON).
+    Raw(Vec<u8>),
+    /// Say nothing for this long, then close.
+    Hang(Duration),
+    /// A chat completion with this content, after this long.
+    Slow(Duration, String),
+}
+
+pub fn completion(content: &str) -> Value {
+    json!({
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "model": "scripted",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}
+    })
+}
+
+type Handler = dyn Fn(&Request) -> Reply + Send + Sync;
+
+pub struct Server {
+    pub url: String,
+    pub log: Arc<Mutex<Vec<Request>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.url.trim_start_matches("http://"));
+    }
+}
+
+impl Server {
+    pub fn start(handler: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let handler: Arc<Handler> = Arc::new(handler);
+        let (l2, s2) = (Arc::clone(&log), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (h, l) = (Arc::clone(&handler), Arc::clone(&l2));
+                std::thread::spawn(move || serve(conn, &*h, &l));
+            }
+        });
+        Server { url, log, stop }
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn chats(&self) -> Vec<Request> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.is_chat())
+            .collect()
+    }
+}
+
+fn serve(conn: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_string();
+    let path = parts.next().unwrap_or_default().to_string();
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+            return;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; len];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let req = {
+        let mut log = log.lock().unwrap();
+        let req = Request {
+            method,
+            path,
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            n: log.len(),
+        };
+        log.push(req.clone());
+        req
+    };
+    let mut conn = conn;
+    let (status, body, headers) = match handler(&req) {
+        Reply::Content(c) => (200, serde_json::to_vec(&completion(&c)).unwrap(), vec![]),
+        Reply::Json(s, v, h) => (s, serde_json::to_vec(&v).unwrap(), h),
+        Reply::Raw(b) => (200, b, vec![]),
+        Reply::Slow(d, c) => {
+            std::thread::sleep(d);
+            (200, serde_json::to_vec(&completion(&c)).unwrap(), vec![])
+        }
+        Reply::Hang(d) => {
+            std::thread::sleep(d);
+            return;
+        }
+    };
+    let mut head = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = conn.write_all(head.as_bytes());
+    let _ = conn.write_all(&body);
+    let _ = conn.flush();
+}

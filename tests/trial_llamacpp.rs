@@ -1,0 +1,109 @@
+//! The trial stage end to end through a real llama.cpp server (the xllamacpp wheel) serving the
+//! real SmolLM2-135M GGUF, both installed by scripts/setup.sh. The model is weak: what this
+//! shows is that every trial is recorded with real replies and real guard verdicts.
+
+mod common;
+
+use common::Project;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+struct LlamaServer {
+    child: Child,
+    url: String,
+}
+
+impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server() -> LlamaServer {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        model.exists(),
+        "{} is missing: run scripts/setup.sh",
+        model.display()
+    );
+    let mut child = Command::new(common::venv().join("bin/python"))
+        .arg(root.join("scripts/llama_server.py"))
+        .args(["--model", model.to_str().unwrap()])
+        .args([
+            "--port",
+            "0",
+            "--threads",
+            "1",
+            "--ctx",
+            "4096",
+            "--parallel",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run scripts/setup.sh to make .venv");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("READY ")
+        .unwrap_or_else(|| panic!("llama_server.py said {line:?}"))
+        .to_string();
+    LlamaServer { child, url }
+}
+
+#[test]
+fn a_small_experiment_through_a_real_llama_cpp_server() {
+    let srv = start_server();
+    let p = Project::openai(
+        &srv.url,
+        &["stack", "calculator"],
+        2,
+        1,
+        "retries = 2\nbackoff_ms = 200",
+    );
+    let cfg = std::fs::read_to_string(p.path("pipeline.toml"))
+        .unwrap()
+        .replace("max_tokens = 512", "max_tokens = 384")
+        .replace("request_timeout_s = 2", "request_timeout_s = 120");
+    std::fs::write(p.path("pipeline.toml"), cfg).unwrap();
+    let o = p.real(&["build", "trial", "--jobs", "2"]).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let trials = p.trials("trial");
+    assert_eq!(trials.len(), 4);
+    for (id, t) in &trials {
+        let attempts = t["attempts"].as_array().unwrap();
+        assert!(!attempts.is_empty() && attempts.len() <= 4, "{id}");
+        for a in attempts {
+            assert!(
+                !a["reply"].as_str().unwrap().is_empty(),
+                "{id}: a real reply"
+            );
+            assert!(a["completion_tokens"].as_u64().unwrap() > 0, "{id}");
+            assert!(a["verdict"].is_object(), "{id}: a real verdict");
+            assert_eq!(a["passed"] == true, a["feedback"] == "", "{id}");
+        }
+        // The trial's outcome follows from its last attempt.
+        let last = attempts.last().unwrap();
+        if t["passed"] == true {
+            assert_eq!(last["step"], "impl");
+            assert_eq!(last["passed"], true);
+        } else {
+            assert_eq!(last["passed"], false);
+        }
+    }
+    let st = p.real(&["status"]).output().unwrap();
+    let st = String::from_utf8_lossy(&st.stdout);
+    assert!(st.contains("trial    up to date (4 items)"), "{st}");
+}
