@@ -445,45 +445,6 @@ fn mutation_score_separates_asserting_from_idle_tests() {
     assert!(good.mutants <= guard::MAX_MUTANTS);
 }
 
-/// Sandboxed vs bare pytest: `cargo test --release --test guard -- --ignored --nocapture`.
-#[test]
-#[ignore]
-#[allow(clippy::print_stdout)]
-fn bench_sandbox_vs_bare() {
-    let e = env();
-    let l = Limits {
-        timeout: Duration::from_secs(30),
-        ..limits()
-    };
-    let n = 10;
-    let t = Instant::now();
-    for _ in 0..n {
-        guard::bench_bare_pytest(&e, STACK_TESTS, STACK).unwrap();
-    }
-    let bare = t.elapsed() / n;
-    let t = Instant::now();
-    for _ in 0..n {
-        assert!(guard::run_tests(&e, &l, STACK_TESTS, STACK).unwrap().passed);
-    }
-    let boxed = t.elapsed() / n;
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            s.spawn(|| {
-                for _ in 0..n {
-                    assert!(guard::run_tests(&e, &l, STACK_TESTS, STACK).unwrap().passed);
-                }
-            });
-        }
-    });
-    let par = t.elapsed();
-    println!(
-        "bare {bare:?}/run, sandboxed {boxed:?}/run (x{:.2}), 2 in parallel: {:.1} runs/s",
-        boxed.as_secs_f64() / bare.as_secs_f64(),
-        (2 * n) as f64 / par.as_secs_f64()
-    );
-}
-
 #[test]
 fn a_sandbox_that_cannot_start_pytest_is_an_error_not_a_verdict() {
     // 16 MiB of address space is too little for Python itself: nothing generated ever ran,
