@@ -62,8 +62,10 @@ fn main() {
     let trials: u32 = std::env::var("PIPE_BENCH_TRIALS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
-    let jobs = 2u32;
+        .unwrap_or(1);
+    // One job on one slot: the replay then sees the same prompts in the same order on the same
+    // single slot (prompt cache included), so it generates exactly the same tokens.
+    let jobs = 1u32;
     let tasks = [
         "stack",
         "queue",
@@ -92,14 +94,32 @@ fn main() {
 
     // 2. The same requests, straight at a fresh server (an empty prompt cache, like pipe's).
     let recs = p.trials("trial");
+    // The order pipe ran them in, from the action records.
+    let mut order: Vec<(u64, String)> = walkdir::WalkDir::new(p.path("store/actions-v1"))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| serde_json::from_slice::<Value>(&std::fs::read(e.path()).unwrap()).unwrap())
+        .filter(|r| r["stage"] == "trial")
+        .map(|r| {
+            (
+                r["started_ms"].as_u64().unwrap(),
+                r["item"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    order.sort();
+    let mut pipe_tokens = 0u64;
     let (mut model_ms, mut guard_ms, mut requests, mut passed) = (0u64, 0u64, 0usize, 0usize);
     let mut per_trial: Vec<Vec<Value>> = Vec::new();
-    for t in recs.values() {
+    for (_, id) in &order {
+        let t = &recs[id];
         passed += usize::from(t["passed"] == true);
         let mut reqs = Vec::new();
         for a in t["attempts"].as_array().unwrap() {
             model_ms += a["model_ms"].as_u64().unwrap();
             guard_ms += a["guard_ms"].as_u64().unwrap();
+            pipe_tokens += a["completion_tokens"].as_u64().unwrap();
             requests += 1;
             reqs.push(json!({
                 "model": "test-model",
@@ -115,7 +135,9 @@ fn main() {
     }
     let srv = server(jobs);
     let url = format!("{}/v1/chat/completions", srv.1);
+    per_trial.reverse(); // popped from the back: first trial first
     let queue = Mutex::new(per_trial);
+    let replay_tokens = std::sync::atomic::AtomicU64::new(0);
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(300))
         .build()
@@ -128,6 +150,10 @@ fn main() {
                     for r in reqs {
                         let v: Value = http.post(&url).json(&r).send().unwrap().json().unwrap();
                         assert!(v["choices"][0]["message"].is_object());
+                        replay_tokens.fetch_add(
+                            v["usage"]["completion_tokens"].as_u64().unwrap(),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
                     }
                 }
             });
@@ -135,20 +161,23 @@ fn main() {
     });
     let alone = t.elapsed();
     let n = recs.len();
+    let replay_tokens = replay_tokens.into_inner();
     println!(
         "trial overhead: {n} trials ({passed} passed), {requests} requests, {jobs} jobs, SmolLM2-135M via xllamacpp, 1 thread per slot"
     );
-    println!("| | wall | trials/s |");
-    println!("|---|---|---|");
+    println!("| | wall | trials/s | tokens generated | tokens/s |");
+    println!("|---|---|---|---|---|");
     println!(
-        "| pipe build trial | {:.2} s | {:.3} |",
+        "| pipe build trial | {:.2} s | {:.3} | {pipe_tokens} | {:.1} |",
         pipe_wall.as_secs_f64(),
-        n as f64 / pipe_wall.as_secs_f64()
+        n as f64 / pipe_wall.as_secs_f64(),
+        pipe_tokens as f64 / pipe_wall.as_secs_f64()
     );
     println!(
-        "| same requests, server alone | {:.2} s | {:.3} |",
+        "| same requests, server alone | {:.2} s | {:.3} | {replay_tokens} | {:.1} |",
         alone.as_secs_f64(),
-        n as f64 / alone.as_secs_f64()
+        n as f64 / alone.as_secs_f64(),
+        replay_tokens as f64 / alone.as_secs_f64()
     );
     println!(
         "ratio pipe / server alone: {:.3}; summed over trials: model {:.1} s, guards (syntax, pytest, mutants excluded) {:.1} s",

@@ -407,3 +407,64 @@ fn sigkill_mid_stage_then_rerun_redoes_no_finished_trial() {
     let v = p.real(&["verify"]).output().unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
 }
+
+#[test]
+fn a_missing_sandbox_venv_stops_the_build_with_the_fix() {
+    let srv = Server::start(|r: &Request| {
+        if !r.is_chat() {
+            return not_found();
+        }
+        Reply::Content(py(if r.is_tests_step() { TESTS } else { IMPL }))
+    });
+    let p = Project::openai(&srv.url, &["stack"], 1, 0, "");
+    let o = p
+        .real(&["build", "trial"])
+        .env("PIPE_VENV", p.path("no-such-venv"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("scripts/setup.sh"), "{err}");
+    assert!(p.trials("trial").is_empty());
+    assert!(
+        srv.chats().is_empty(),
+        "no model time spent on a trial that cannot be judged"
+    );
+}
+
+#[test]
+fn the_served_models_digest_keys_trials_and_status_never_asks_the_server() {
+    use std::sync::Mutex;
+    let n_params = Arc::new(Mutex::new(134_515_008u64));
+    let np = Arc::clone(&n_params);
+    let srv = Server::start(move |r: &Request| {
+        if r.path.ends_with("/v1/models") {
+            // llama.cpp's shape; `n_ctx` is a server setting and must not matter.
+            return Reply::Json(
+                200,
+                json!({"object": "list", "data": [{"id": "/models/x.gguf", "object": "model",
+                    "meta": {"n_params": *np.lock().unwrap(), "n_vocab": 49152, "n_ctx": r.n}}]}),
+                vec![],
+            );
+        }
+        if !r.is_chat() {
+            return not_found();
+        }
+        Reply::Content(py(if r.is_tests_step() { TESTS } else { IMPL }))
+    });
+    let p = Project::openai(&srv.url, &["stack"], 1, 0, "");
+    assert_ok(&run(&p, &["build", "trial"]));
+    assert_eq!(srv.chats().len(), 2);
+    // Same model, another n_ctx: nothing reruns.
+    assert_ok(&run(&p, &["build", "trial"]));
+    assert_eq!(srv.chats().len(), 2);
+    // status reads the cached identity: no request reaches the server.
+    let before = srv.requests().len();
+    let st = p.real(&["status"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&st.stdout).contains("trial    up to date"));
+    assert_eq!(srv.requests().len(), before);
+    // Another model behind the same name: the trial reruns.
+    *n_params.lock().unwrap() = 1_777_088_000;
+    assert_ok(&run(&p, &["build", "trial"]));
+    assert_eq!(srv.chats().len(), 4);
+}

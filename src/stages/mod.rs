@@ -10,6 +10,8 @@
 //! ([`synthetic`]) are small deterministic stand-ins that exercise the engine with the real
 //! keys, items and DAG (tests, benchmarks, and `pipe --synthetic`).
 
+pub mod extract;
+pub mod format;
 pub mod runtime;
 pub mod synthetic;
 pub mod trial;
@@ -116,10 +118,7 @@ pub fn pipeline(mode: Mode, rt: Arc<Runtime>) -> Pipeline {
                 )
             },
             synthetic: !real,
-            run: pick(
-                |_| Err(unavailable("extract", "issue #5")),
-                synthetic::extract,
-            ),
+            run: pick(extract::run, synthetic::extract),
         }),
         Box::new(Declared {
             name: "format",
@@ -131,10 +130,7 @@ pub fn pipeline(mode: Mode, rt: Arc<Runtime>) -> Pipeline {
             },
             items: |_| one("jsonl", json!({})),
             synthetic: !real,
-            run: pick(
-                |_| Err(unavailable("format", "issue #5")),
-                synthetic::derive,
-            ),
+            run: pick(format::run, synthetic::derive),
         }),
         Box::new(Declared {
             name: "train",

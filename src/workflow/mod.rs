@@ -115,14 +115,15 @@ impl TrialRecord {
     /// The small summary kept in the action record and the stage manifest (what `report`
     /// and `status` read without opening the transcript).
     pub fn summary(&self) -> Value {
+        let count = |step| self.attempts.iter().filter(|a| a.step == step).count();
         serde_json::json!({
             "passed": self.passed,
             "failed_step": self.failed_step,
             "retries": self.retries,
-            "attempts": self.attempts.len(),
+            "attempts": {"tests": count(Step::Tests), "impl": count(Step::Impl)},
             "test_strength": self.test_strength.as_ref().map(|m| m.score),
             "duration_ms": self.duration_ms,
-            "tokens": self.prompt_tokens + self.completion_tokens,
+            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
         })
     }
 }
