@@ -202,7 +202,7 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
     refused(
         &p,
         &["build", "report"],
-        &["pipeline.toml:7:", "experiment.tasks[1]", "queue.json"],
+        &["pipeline.toml:8:", "experiment.tasks[1]", "queue.json"],
     );
     // A task JSON missing a field.
     let p = Project::new(1, 5.0);

@@ -200,6 +200,30 @@ impl<'s> Lease<'s> {
         }
         let res = self.store.write_record(record);
         crate::failpoint("lease:committed");
+        // A gc that marked before this record existed may have removed an output between the
+        // check above and the write. Look again now that the record is visible: what gc
+        // removes from here on, it removes after seeing the record (and gc's own re-check
+        // drops such a record). So no record outlives an object it names.
+        let mut named: Vec<(String, Hash)> = record
+            .outputs
+            .iter()
+            .map(|(n, id)| (n.clone(), *id))
+            .collect();
+        named.push(("common".into(), record.common));
+        let mut blobs = Vec::new();
+        super::maintain::obj_refs(&record.ingredients, &mut blobs);
+        named.extend(blobs.into_iter().map(|id| ("ingredient".to_string(), id)));
+        if let Ok(Committed::Written) = res
+            && let Some((name, id)) = named.iter().find(|(_, id)| !self.store.has_object(id))
+        {
+            let _ = std::fs::remove_file(self.store.record_path(&record.key));
+            self.release_inner();
+            return Err(StoreError::MissingOutput {
+                key: record.key,
+                output: name.clone(),
+                object: *id,
+            });
+        }
         self.release_inner();
         res
     }

@@ -267,6 +267,31 @@ impl Store {
                 let _ = fs::remove_file(&p);
             }
         }
+        // A record committed while the objects were swept may name one just removed (its
+        // writer checked before the removal). Such a record is not reachable from any ref —
+        // refs are only written after their records are re-checked — so it goes too, and the
+        // build that made it recomputes the item. (The writer re-checks after writing, which
+        // covers the removals that come after this pass.)
+        if !dry_run && rep.removed_objects > 0 {
+            for p in files_under(&self.root.join("actions-v1")) {
+                let Some(key) = record_key(&p) else {
+                    continue;
+                };
+                if keep_records.contains(&key) {
+                    continue;
+                }
+                if let Ok(Some(rec)) = self.record(&key) {
+                    let mut named: Vec<Hash> = rec.outputs.values().copied().collect();
+                    named.push(rec.common);
+                    obj_refs(&rec.ingredients, &mut named);
+                    let missing = named.iter().any(|id| !self.has_object(id));
+                    if missing {
+                        rep.removed_records += 1;
+                        let _ = fs::remove_file(&p);
+                    }
+                }
+            }
+        }
         // Leases: a key's whole chain goes once every generation in it is dead; removing part
         // of a chain would open a gap where a second holder could start over at generation 0.
         let mut chains: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
