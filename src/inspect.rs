@@ -92,14 +92,7 @@ pub fn show(
         [(true, k)] => record_json(store, k),
         [(false, h)] => {
             let bytes = store.get(h)?;
-            let content =
-                serde_json::from_slice::<Value>(&bytes).unwrap_or_else(
-                    |_| match std::str::from_utf8(&bytes) {
-                        Ok(s) => Value::String(s.chars().take(4000).collect()),
-                        Err(_) => Value::String(format!("<{} bytes of binary>", bytes.len())),
-                    },
-                );
-            Ok(json!({"object": h, "size": bytes.len(), "content": content}))
+            Ok(json!({"object": h, "size": bytes.len(), "content": content(&bytes)}))
         }
         many => Err(ShowError::Ambiguous(what.into(), many.len())),
     }
@@ -112,7 +105,8 @@ fn record_json(store: &Store, key: &Hash) -> Result<Value, ShowError> {
     let mut outputs = serde_json::Map::new();
     for (name, id) in &rec.outputs {
         let v = store
-            .get_json(id)
+            .get(id)
+            .map(|b| content(&b))
             .unwrap_or_else(|e| json!(format!("<{e}>")));
         outputs.insert(name.clone(), json!({"object": id, "content": v}));
     }
@@ -124,4 +118,12 @@ fn record_json(store: &Store, key: &Hash) -> Result<Value, ShowError> {
         "summary": rec.summary, "ingredients": rec.ingredients, "parameters": common,
         "outputs": outputs,
     }))
+}
+
+/// An object's bytes for display: JSON as JSON, text as (the first 4000 characters of) text.
+fn content(bytes: &[u8]) -> Value {
+    serde_json::from_slice::<Value>(bytes).unwrap_or_else(|_| match std::str::from_utf8(bytes) {
+        Ok(s) => Value::String(s.chars().take(4000).collect()),
+        Err(_) => Value::String(format!("<{} bytes of binary>", bytes.len())),
+    })
 }

@@ -22,7 +22,9 @@ pub mod inspect;
 pub mod key;
 pub mod llm;
 pub mod progress;
+pub mod report;
 pub mod stages;
+pub mod stats;
 pub mod store;
 pub mod workflow;
 

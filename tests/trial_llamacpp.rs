@@ -73,7 +73,11 @@ fn a_small_experiment_through_a_real_llama_cpp_server() {
         .replace("max_tokens = 512", "max_tokens = 384")
         .replace("request_timeout_s = 2", "request_timeout_s = 120");
     std::fs::write(p.path("pipeline.toml"), cfg).unwrap();
-    let o = p.real(&["build", "trial", "--jobs", "2"]).output().unwrap();
+    p.baseline_only();
+    let o = p
+        .real(&["build", "trial", "report", "--jobs", "2"])
+        .output()
+        .unwrap();
     assert!(
         o.status.success(),
         "{}\n{}",
@@ -106,4 +110,44 @@ fn a_small_experiment_through_a_real_llama_cpp_server() {
     let st = p.real(&["status"]).output().unwrap();
     let st = String::from_utf8_lossy(&st.stdout);
     assert!(st.contains("trial    up to date (4 items)"), "{st}");
+    assert!(st.contains("report   up to date"), "{st}");
+
+    // The report of this real run renders: well-formed HTML with its charts, every trial named.
+    let html = std::fs::read_to_string(p.path("reports/report.html")).unwrap();
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(&html, opts).expect("well-formed HTML");
+    let ids: Vec<&str> = doc
+        .descendants()
+        .filter_map(|n| n.attribute("id"))
+        .collect();
+    for chart in [
+        "chart-rates",
+        "chart-heatmap",
+        "chart-retries",
+        "chart-durations",
+    ] {
+        assert!(ids.contains(&chart), "{chart}");
+    }
+    for id in trials.keys() {
+        assert!(html.contains(&format!("trial/{id} ")), "{id} is named");
+    }
+    if let Ok(keep) = std::env::var("PIPE_KEEP_REPORT") {
+        for f in ["report.md", "report.html", "trials.csv", "summary.csv"] {
+            std::fs::copy(p.path(&format!("reports/{f}")), Path::new(&keep).join(f)).unwrap();
+        }
+    }
+    // Rebuilding with nothing changed runs nothing.
+    let o = p.real(&["build", "report", "--json"]).output().unwrap();
+    let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        rep["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["computed"] == 0),
+        "{rep}"
+    );
 }

@@ -119,6 +119,15 @@ fn run(args: Args) -> Result<Exit> {
             let rep = engine::build(&store, &pipeline, &cx, &b.targets, &opts, &reporter)?;
             drop(reporter);
             render::build(&rep, b.json, b.dry_run);
+            if mode(&args) == Mode::Real
+                && names.contains(&"report")
+                && !b.dry_run
+                && rep.failures.is_empty()
+            {
+                let files =
+                    stages::report::export(&store, &loaded).context("writing the report files")?;
+                render::exported(&files, b.json);
+            }
             Ok(if rep.failures.is_empty() {
                 Exit::Ok
             } else {

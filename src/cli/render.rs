@@ -91,6 +91,28 @@ pub fn build(rep: &BuildReport, as_json: bool, dry_run: bool) {
     }
 }
 
+/// Where the report's files were written.
+pub fn exported(files: &[std::path::PathBuf], as_json: bool) {
+    if as_json || files.is_empty() {
+        return;
+    }
+    let html = files
+        .iter()
+        .find(|f| f.extension().is_some_and(|e| e == "html"));
+    let dir = files[0]
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    match html {
+        Some(h) => out(&format!(
+            "report: {} ({} files in {dir})",
+            h.display(),
+            files.len()
+        )),
+        None => out(&format!("report: {} files in {dir}", files.len())),
+    }
+}
+
 /// `pipe status`.
 pub fn status(st: &[StageStatus], as_json: bool) {
     if as_json {

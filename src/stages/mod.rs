@@ -12,6 +12,7 @@
 
 pub mod extract;
 pub mod format;
+pub mod report;
 pub mod runtime;
 pub mod synthetic;
 pub mod trial;
@@ -82,6 +83,30 @@ pub fn trial_seed(experiment_seed: u64, task: &str, index: u32) -> u64 {
     h.update(&index.to_le_bytes());
     let b = h.finalize();
     u64::from_le_bytes(b.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// What the report shows beyond the upstream outputs: names, roles, models and rmax of the
+/// arms, and the tasks' names and difficulty.
+fn report_params(cx: &Context<'_>) -> Value {
+    let l = cx.loaded;
+    let arms: Value = l
+        .config
+        .arms
+        .iter()
+        .map(|(n, a)| {
+            (
+                n.clone(),
+                json!({"role": a.role, "model": a.model.get_ref(), "rmax": a.rmax}),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    let tasks: Vec<Value> = l
+        .tasks
+        .iter()
+        .map(|t| json!({"id": t.id, "name": t.spec.name, "difficulty": t.value["difficulty"]}))
+        .collect();
+    json!({"experiment": l.config.experiment.name, "arms": arms, "tasks": tasks})
 }
 
 fn one(id: &str, ingredients: Value) -> Vec<Item> {
@@ -173,21 +198,24 @@ pub fn pipeline(mode: Mode, rt: Arc<Runtime>) -> Pipeline {
             version: 1,
             deps: &["convert"],
             role: Role::Finetuned,
-            rt,
+            rt: Arc::clone(&rt),
             synthetic: (!real).then_some(synthetic::trial as RunFn),
             pending: Some("needs the fine-tuned model from train and convert: not yet filed"),
         }),
         Box::new(Declared {
             name: "report",
             version: 1,
-            deps: &["trial", "train", "eval"],
-            params: |_| json!({}),
+            // Without a fine-tuned arm the experiment is a baseline study: the report needs
+            // only the trials (and what extract would keep for training).
+            deps: if rt.finetune() {
+                &["trial", "extract", "train", "eval"]
+            } else {
+                &["trial", "extract"]
+            },
+            params: report_params,
             items: |_| one("report", json!({})),
             synthetic: !real,
-            run: pick(
-                |_| Err(unavailable("report", "issue #5")),
-                synthetic::report,
-            ),
+            run: pick(report::run, synthetic::report),
         }),
     ];
     Pipeline::new(stages).expect("the declared DAG is in dependency order")

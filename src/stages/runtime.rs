@@ -19,6 +19,7 @@ use std::time::Duration;
 
 /// Models, identities and the guard environment for one run of pipe.
 pub struct Runtime {
+    finetune: bool,
     identities: BTreeMap<String, Value>,
     probe_errors: BTreeMap<String, String>,
     pyenv: Result<PyEnv, String>,
@@ -117,11 +118,17 @@ impl Runtime {
             _ => PyEnv::discover(&loaded.dir).map_err(|e| e.to_string()),
         };
         Runtime {
+            finetune: !loaded.arms(Role::Finetuned).is_empty(),
             identities,
             probe_errors,
             pyenv,
             clients: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Does the experiment have a fine-tuned arm (and so train, convert and eval to run)?
+    pub fn finetune(&self) -> bool {
+        self.finetune
     }
 
     /// What identifies model `name` (a `[models]` key) in keys.

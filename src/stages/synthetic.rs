@@ -110,6 +110,9 @@ pub fn report(job: &Job<'_>) -> Result<Outputs, StageError> {
     prologue(job, "report")?;
     let mut counts: std::collections::BTreeMap<String, (u32, u32)> = Default::default();
     for stage in ["trial", "eval"] {
+        if !job.upstream.contains_key(stage) {
+            continue;
+        }
         for e in &job.manifest(stage)?.entries {
             let v = job.store.get_json(&e.outputs["trial"])?;
             let mut parts = e.id.split('/');

@@ -1,0 +1,151 @@
+//! How long the report takes at scale: 10,000 synthetic trials over 6 tasks × 3 arms (two
+//! baselines and a fine-tuned arm, so three comparisons), rendered 5 times; prints the median
+//! and every file's size. The goal is well under 2 s.
+//!
+//!     cargo bench --bench report
+//!     PIPE_BENCH_TRIALS=50000 cargo bench --bench report
+
+#![allow(clippy::print_stdout)]
+
+use pipe::report::{ArmInfo, ExtractCounts, ReportInput, TaskInfo, Training, TrialRow, render};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// A small deterministic generator (xorshift), so every run renders the same input.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn input(total: usize) -> ReportInput {
+    let tasks = [
+        ("stack", "Stack", "easy", 0.94),
+        ("queue", "Queue", "easy", 0.98),
+        ("calculator", "Calculator", "easy", 0.78),
+        ("lru_cache", "LRU cache", "medium", 0.50),
+        ("template", "Template", "hard", 0.20),
+        ("password", "Password", "hard", 0.02),
+    ];
+    let arms = [
+        ("q14", "baseline", 0.08),
+        ("base", "baseline", 0.0),
+        ("finetuned", "finetuned", 0.06),
+    ];
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let per_cell = total.div_ceil(tasks.len() * arms.len());
+    let mut trials = Vec::with_capacity(total);
+    'all: for (a, role, gain) in arms {
+        for (t, _, _, p) in tasks {
+            for i in 0..per_cell as u32 {
+                if trials.len() == total {
+                    break 'all;
+                }
+                let passed = rng.unit() < f64::min(p + gain, 1.0);
+                let rt = (rng.next() % 4) as u32;
+                let ri = (rng.next() % 4) as u32;
+                trials.push(TrialRow {
+                    id: format!("{t}/{a}/{i}"),
+                    stage: if role == "baseline" { "trial" } else { "eval" }.into(),
+                    task: t.into(),
+                    arm: a.into(),
+                    index: i,
+                    passed,
+                    failed_step: (!passed).then(|| ["tests", "impl"][i as usize % 2].to_string()),
+                    tests_attempts: rt + 1,
+                    impl_attempts: if passed { ri + 1 } else { 4 },
+                    retries_tests: passed.then_some(rt),
+                    retries_impl: passed.then_some(ri),
+                    test_strength: passed.then(|| rng.unit()),
+                    duration_ms: 3_000 + rng.next() % 30_000,
+                    prompt_tokens: 800 + rng.next() % 2_000,
+                    completion_tokens: 200 + rng.next() % 800,
+                    transcript: blake3::hash(&i.to_le_bytes()).to_hex().to_string(),
+                });
+            }
+        }
+    }
+    ReportInput {
+        experiment: "bench".into(),
+        tasks: tasks
+            .iter()
+            .map(|(id, name, d, _)| TaskInfo {
+                id: id.to_string(),
+                name: name.to_string(),
+                difficulty: d.to_string(),
+            })
+            .collect(),
+        arms: arms
+            .iter()
+            .map(|(n, r, _)| ArmInfo {
+                name: n.to_string(),
+                role: r.to_string(),
+                model: format!("model {n}"),
+                rmax: 3,
+            })
+            .collect(),
+        trials,
+        extract: Some(
+            tasks
+                .iter()
+                .enumerate()
+                .map(|(k, (id, ..))| {
+                    (
+                        id.to_string(),
+                        ExtractCounts {
+                            trials: per_cell as u32,
+                            kept: (per_cell as u32 / 3) * (k as u32 % 5),
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>(),
+        ),
+        training: Some(Training {
+            loss: (0..500)
+                .map(|s| (s, 2.0 / (1.0 + s as f64 * 0.05)))
+                .collect(),
+            val_loss: (0..10).map(|s| (s * 50, 1.8 / (1.0 + s as f64))).collect(),
+        }),
+    }
+}
+
+fn main() {
+    let total: usize = std::env::var("PIPE_BENCH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let inp = input(total);
+    let mut times: Vec<Duration> = Vec::new();
+    let mut out = None;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let r = render(&inp);
+        times.push(t0.elapsed());
+        if let Some(prev) = &out {
+            assert_eq!(prev, &r, "render is not deterministic");
+        }
+        out = Some(r);
+    }
+    times.sort();
+    let out = out.unwrap_or_else(|| render(&inp));
+    println!(
+        "report render: {} trials, 6 tasks × 3 arms: median {:.1} ms (min {:.1}, max {:.1}) over 5 runs; goal < 2000 ms",
+        inp.trials.len(),
+        times[2].as_secs_f64() * 1e3,
+        times[0].as_secs_f64() * 1e3,
+        times[4].as_secs_f64() * 1e3
+    );
+    let mut total_bytes = 0;
+    for (name, bytes) in &out.files {
+        total_bytes += bytes.len();
+        println!("  {name:<14} {:>10} bytes", bytes.len());
+    }
+    println!("  {:<14} {total_bytes:>10} bytes", "total");
+}

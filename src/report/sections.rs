@@ -1,0 +1,854 @@
+//! The report as a neutral document (sections of paragraphs, tables and charts), built once
+//! and written out by both the Markdown and the HTML renderer, so they never disagree.
+
+use super::analysis::{ALPHA, Analysis, CONFIDENCE, Cell, HYPOTHESISED_GAIN, R_CAP, Test};
+use super::charts;
+use super::fmt::{arm_id, cell_id, ci, hval, pct, pts, pval, secs};
+use super::published::{self, MARK};
+use crate::stats;
+
+/// A run of inline text.
+pub enum Inline {
+    Text(String),
+    Code(String),
+    Strong(String),
+    /// Text linking to an element id of the HTML page (plain text in Markdown).
+    Link(String, String),
+}
+
+fn t(s: impl Into<String>) -> Inline {
+    Inline::Text(s.into())
+}
+fn code(s: impl Into<String>) -> Inline {
+    Inline::Code(s.into())
+}
+fn strong(s: impl Into<String>) -> Inline {
+    Inline::Strong(s.into())
+}
+fn link(s: impl Into<String>, id: impl Into<String>) -> Inline {
+    Inline::Link(s.into(), id.into())
+}
+
+/// A table cell; `num` right-aligns it.
+pub struct TCell {
+    pub parts: Vec<Inline>,
+    pub num: bool,
+}
+
+fn c_text(s: impl Into<String>) -> TCell {
+    TCell {
+        parts: vec![t(s)],
+        num: false,
+    }
+}
+fn c_num(s: impl Into<String>) -> TCell {
+    TCell {
+        parts: vec![t(s)],
+        num: true,
+    }
+}
+fn c_parts(parts: Vec<Inline>) -> TCell {
+    TCell { parts, num: true }
+}
+fn dash() -> TCell {
+    c_num("–")
+}
+
+/// A table with a header row.
+pub struct Table {
+    pub head: Vec<String>,
+    pub rows: Vec<Vec<TCell>>,
+}
+
+/// A chart: an inline SVG wrapped in an element with a stable id.
+pub struct Chart {
+    pub id: &'static str,
+    pub svg: String,
+    pub caption: String,
+}
+
+/// One block of a section.
+pub enum Block {
+    Para(Vec<Inline>),
+    Heading(String),
+    List(Vec<Vec<Inline>>),
+    Table(Table),
+    Chart(Chart),
+    /// The per-cell trial lists (HTML only; Markdown points to the CSV).
+    TrialLists,
+}
+
+/// One section; `id` is its HTML anchor.
+pub struct Section {
+    pub id: &'static str,
+    pub title: String,
+    pub blocks: Vec<Block>,
+}
+
+/// The whole report.
+pub struct Doc {
+    pub sections: Vec<Section>,
+}
+
+/// A rate as `75.0% (3/4)` linking to its trials; `–` for an empty cell.
+fn rate_cell(c: &Cell, target: String) -> TCell {
+    match c.rate {
+        Some(r) => c_parts(vec![
+            link(format!("{}%", pct(r)), target),
+            t(format!(" ({}/{})", c.successes, c.n)),
+        ]),
+        None => c_parts(vec![link("– (0/0)", target)]),
+    }
+}
+
+fn ci_cell(c: &Cell, target: String) -> TCell {
+    match c.rate {
+        Some(_) => c_parts(vec![link(ci(c.ci.0, c.ci.1), target)]),
+        None => dash(),
+    }
+}
+
+fn frac_cell(x: (u64, u64), target: String) -> TCell {
+    if x.1 == 0 {
+        return c_parts(vec![link("0/0", target)]);
+    }
+    c_parts(vec![
+        link(format!("{}/{}", x.0, x.1), target),
+        t(format!(" ({}%)", pct(x.0 as f64 / x.1 as f64))),
+    ])
+}
+
+fn opt(x: Option<String>) -> TCell {
+    x.map_or_else(dash, c_num)
+}
+
+/// Comparison row cells after the two fractions: Δ, p, h, power n.
+fn test_cells(tst: &Test) -> Vec<TCell> {
+    vec![
+        opt(tst.delta.map(pts)),
+        opt(tst.p.map(|p| {
+            let s = stats::stars(p);
+            if s.is_empty() {
+                pval(p)
+            } else {
+                format!("{} {s}", pval(p))
+            }
+        })),
+        opt(tst
+            .h
+            .map(|h| format!("{} ({})", hval(h), stats::h_label(h)))),
+        opt(tst.n_needed.map(|n| n.to_string())),
+    ]
+}
+
+pub fn build(a: &Analysis) -> Doc {
+    let mut s = vec![overview(a), rates(a), comparisons(a), conclude(a), power(a)];
+    s.push(published_section(a));
+    s.push(retries(a));
+    s.push(strength(a));
+    s.push(durations(a));
+    s.push(samples(a));
+    if let Some(tr) = &a.input.training {
+        s.push(training(tr));
+    }
+    s.push(Section {
+        id: "sec-trials",
+        title: "Trials".into(),
+        blocks: vec![
+            Block::Para(vec![
+                t("Every trial, per task and arm (✓ passed, ✗ failed, with the failing step). Print one's transcript with "),
+                code("pipe show <stage>/<id>"),
+                t(", e.g. "),
+                code(example_show(a)),
+                t(". All columns per trial: "),
+                code("trials.csv"),
+                t(" / "),
+                code("trials.jsonl"),
+                t("."),
+            ]),
+            Block::TrialLists,
+        ],
+    });
+    Doc { sections: s }
+}
+
+/// `1 arm`, `2 arms`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+fn example_show(a: &Analysis) -> String {
+    a.overall
+        .iter()
+        .find_map(|c| c.trials.first())
+        .map_or("pipe show trial/stack/base/0".into(), |t| {
+            format!("pipe show {}/{}", t.stage, t.id)
+        })
+}
+
+fn overview(a: &Analysis) -> Section {
+    let mut rows = Vec::new();
+    for (ai, arm) in a.arms.iter().enumerate() {
+        let stage = match arm.role.as_str() {
+            "baseline" => "trial",
+            "finetuned" => "eval",
+            _ => "–",
+        };
+        rows.push(vec![
+            c_text(&arm.name),
+            c_text(&arm.role),
+            c_text(&arm.model),
+            c_num(arm.rmax.to_string()),
+            c_text(stage),
+            c_parts(vec![link(a.overall[ai].n.to_string(), arm_id(&arm.name))]),
+        ]);
+    }
+    let n_trials = a.input.trials.len();
+    let mut blocks = vec![Block::Para(vec![t(format!(
+        "{}, {}, {}. Rates are successes / trials with Wilson {:.0}% score intervals; \"overall\" pools all tasks of an arm. Comparisons are two-sided Fisher exact tests at α = {ALPHA} with Cohen's h; Δ = later arm − earlier arm, in percentage points.",
+        count(a.tasks.len(), "task"),
+        count(a.arms.len(), "arm"),
+        count(n_trials, "trial"),
+        CONFIDENCE * 100.0
+    ))])];
+    blocks.push(Block::Table(Table {
+        head: ["Arm", "Role", "Model", "rmax", "Stage", "Trials"]
+            .map(String::from)
+            .to_vec(),
+        rows,
+    }));
+    // The headline: each comparison's overall result in one line.
+    let headline: Vec<Vec<Inline>> = a
+        .comparisons
+        .iter()
+        .filter_map(|c| {
+            let o = &c.overall;
+            let (d, p, h) = (o.delta?, o.p?, o.h?);
+            let (e, l) = (&a.arms[c.earlier].name, &a.arms[c.later].name);
+            let s = stats::stars(p);
+            Some(vec![
+                strong(a.pair_label(c)),
+                t(" overall: "),
+                link(format!("{}/{}", o.a.0, o.a.1), arm_id(e)),
+                t(" → "),
+                link(format!("{}/{}", o.b.0, o.b.1), arm_id(l)),
+                t(format!(
+                    " ({}% → {}%), Δ {} points, Fisher p = {}{}, h = {} ({}).",
+                    pct(o.a.0 as f64 / o.a.1 as f64),
+                    pct(o.b.0 as f64 / o.b.1 as f64),
+                    pts(d),
+                    pval(p),
+                    if s.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {s}")
+                    },
+                    hval(h),
+                    stats::h_label(h)
+                )),
+            ])
+        })
+        .collect();
+    if !headline.is_empty() {
+        blocks.push(Block::List(headline));
+    }
+    blocks.push(Block::Para(vec![
+        t("Before reading anything into these numbers, see "),
+        link("What this report cannot conclude", "sec-cannot"),
+        t(" below."),
+    ]));
+    Section {
+        id: "sec-overview",
+        title: "Overview".into(),
+        blocks,
+    }
+}
+
+fn rates(a: &Analysis) -> Section {
+    let mut head = vec!["Task".to_string(), "Difficulty".to_string()];
+    for arm in &a.arms {
+        head.push(format!("{} rate", arm.name));
+        head.push(format!("{} 95% CI", arm.name));
+    }
+    let mut rows = Vec::new();
+    for (ti, task) in a.tasks.iter().enumerate() {
+        let mut row = vec![c_text(task_label(task)), c_text(&task.difficulty)];
+        for (ai, arm) in a.arms.iter().enumerate() {
+            let c = &a.cells[ti][ai];
+            row.push(rate_cell(c, cell_id(&task.id, &arm.name)));
+            row.push(ci_cell(c, cell_id(&task.id, &arm.name)));
+        }
+        rows.push(row);
+    }
+    let mut row = vec![c_text("overall"), c_text("")];
+    for (ai, arm) in a.arms.iter().enumerate() {
+        row.push(rate_cell(&a.overall[ai], arm_id(&arm.name)));
+        row.push(ci_cell(&a.overall[ai], arm_id(&arm.name)));
+    }
+    rows.push(row);
+    Section {
+        id: "sec-rates",
+        title: "Success rates".into(),
+        blocks: vec![
+            Block::Table(Table { head, rows }),
+            Block::Chart(Chart {
+                id: "chart-rates",
+                svg: charts::rates(a),
+                caption: "Success rate per task and arm, with Wilson 95% intervals.".into(),
+            }),
+            Block::Chart(Chart {
+                id: "chart-heatmap",
+                svg: charts::heatmap(a),
+                caption: "Success rate, task × arm (grey: no trials).".into(),
+            }),
+        ],
+    }
+}
+
+fn task_label(task: &super::analysis::Task) -> String {
+    if task.name.is_empty() || task.name == task.id {
+        task.id.clone()
+    } else {
+        format!("{} ({})", task.name, task.id)
+    }
+}
+
+fn comparisons(a: &Analysis) -> Section {
+    let mut blocks = Vec::new();
+    if a.comparisons.is_empty() {
+        blocks.push(Block::Para(vec![t(if a.arms.len() <= 1 {
+            "Only one arm: no comparison."
+        } else {
+            "No baseline arm paired with a fine-tuned arm: no comparison."
+        })]));
+    }
+    for (k, c) in a.comparisons.iter().enumerate() {
+        let (e, l) = (&a.arms[c.earlier].name, &a.arms[c.later].name);
+        blocks.push(Block::Heading(a.pair_label(c)));
+        let head = vec![
+            "Task".to_string(),
+            e.clone(),
+            l.clone(),
+            "Δ points".into(),
+            "Fisher p".into(),
+            "Cohen's h".into(),
+            "n/arm for 80% power".into(),
+        ];
+        let mut rows = Vec::new();
+        for (ti, tst) in c.tasks.iter().enumerate() {
+            let id = &a.tasks[ti].id;
+            let mut row = vec![
+                c_text(id),
+                frac_cell(tst.a, cell_id(id, e)),
+                frac_cell(tst.b, cell_id(id, l)),
+            ];
+            row.extend(test_cells(tst));
+            rows.push(row);
+        }
+        let mut row = vec![
+            c_text("overall"),
+            frac_cell(c.overall.a, arm_id(e)),
+            frac_cell(c.overall.b, arm_id(l)),
+        ];
+        row.extend(test_cells(&c.overall));
+        rows.push(row);
+        blocks.push(Block::Table(Table { head, rows }));
+        if k == 0 {
+            blocks.push(Block::Chart(Chart {
+                id: "chart-delta",
+                svg: charts::delta(a, c),
+                caption: format!("Δ points per task, {} (stars: Fisher p).", a.pair_label(c)),
+            }));
+        }
+    }
+    if !a.comparisons.is_empty() {
+        blocks.push(Block::Para(vec![t(
+            "Stars: * p < 0.05, ** p < 0.01, *** p < 0.001. |h|: negligible < 0.2 ≤ small < 0.5 ≤ medium < 0.8 ≤ large. The last column is the trials per arm a new run would need to detect that row's observed Δ with 80% power at α = 0.05 (– when Δ = 0).",
+        )]));
+    }
+    Section {
+        id: "sec-comparisons",
+        title: "Comparisons".into(),
+        blocks,
+    }
+}
+
+fn conclude(a: &Analysis) -> Section {
+    Section {
+        id: "sec-cannot",
+        title: "What this report cannot conclude".into(),
+        blocks: vec![Block::List(
+            a.statements.iter().map(|s| vec![t(s)]).collect(),
+        )],
+    }
+}
+
+fn power(a: &Analysis) -> Section {
+    let mut blocks = vec![Block::Para(vec![t(format!(
+        "Trials per arm needed for 80% power at α = {ALPHA} (two-sided), for the observed Δ and for the hypothesised +{:.0} points over the earlier arm's observed overall rate (capped at 100%). \"Now\" is what this run has per arm.",
+        HYPOTHESISED_GAIN * 100.0
+    ))])];
+    let head: Vec<String> = [
+        "Comparison",
+        "Effect",
+        "Rates",
+        "n/arm needed",
+        "n/arm now",
+        "per task needed",
+    ]
+    .map(String::from)
+    .to_vec();
+    let tasks = a.tasks.len().max(1) as u64;
+    let per_task = |n: Option<u64>| opt(n.map(|n| n.div_ceil(tasks).to_string()));
+    let mut rows = Vec::new();
+    for c in &a.comparisons {
+        let (e, l) = (&a.arms[c.earlier].name, &a.arms[c.later].name);
+        let label = a.pair_label(c);
+        let now = c.overall.a.1.min(c.overall.b.1);
+        if let (Some(d), Some(p1), Some(p2)) = (
+            c.overall.delta,
+            a.overall[c.earlier].rate,
+            a.overall[c.later].rate,
+        ) {
+            rows.push(vec![
+                c_text(&label),
+                c_text(format!("observed overall Δ {}", pts(d))),
+                c_parts(vec![
+                    link(format!("{}%", pct(p1)), arm_id(e)),
+                    t(" → "),
+                    link(format!("{}%", pct(p2)), arm_id(l)),
+                ]),
+                opt(c.overall.n_needed.map(|n| n.to_string())),
+                c_num(now.to_string()),
+                per_task(c.overall.n_needed),
+            ]);
+        }
+        if let Some(p) = &c.plus5 {
+            rows.push(plus5_row(&label, p, a, now, per_task(p.n_needed)));
+        }
+    }
+    let in_comparison: Vec<usize> = a
+        .comparisons
+        .iter()
+        .filter_map(|c| c.plus5.as_ref().map(|p| p.arm))
+        .collect();
+    for p in &a.baseline_plus5 {
+        if !in_comparison.contains(&p.arm) {
+            let now = a.overall[p.arm].n;
+            rows.push(plus5_row(
+                &a.arms[p.arm].name,
+                p,
+                a,
+                now,
+                per_task(p.n_needed),
+            ));
+        }
+    }
+    if rows.is_empty() {
+        blocks.push(Block::Para(vec![t("No rates yet: nothing to size.")]));
+    } else {
+        blocks.push(Block::Table(Table { head, rows }));
+    }
+    // Per task, observed Δ.
+    for c in &a.comparisons {
+        let (e, l) = (&a.arms[c.earlier].name, &a.arms[c.later].name);
+        blocks.push(Block::Heading(format!("Per task, {}", a.pair_label(c))));
+        let mut rows = Vec::new();
+        for (ti, tst) in c.tasks.iter().enumerate() {
+            let id = &a.tasks[ti].id;
+            let rates = match (a.cells[ti][c.earlier].rate, a.cells[ti][c.later].rate) {
+                (Some(p1), Some(p2)) => c_parts(vec![
+                    link(format!("{}%", pct(p1)), cell_id(id, e)),
+                    t(" → "),
+                    link(format!("{}%", pct(p2)), cell_id(id, l)),
+                ]),
+                _ => dash(),
+            };
+            rows.push(vec![
+                c_text(id),
+                opt(tst.delta.map(pts)),
+                rates,
+                opt(tst.n_needed.map(|n| n.to_string())),
+                c_num(tst.a.1.min(tst.b.1).to_string()),
+            ]);
+        }
+        blocks.push(Block::Table(Table {
+            head: ["Task", "observed Δ", "Rates", "n/arm needed", "n/arm now"]
+                .map(String::from)
+                .to_vec(),
+            rows,
+        }));
+    }
+    Section {
+        id: "sec-power",
+        title: "Power".into(),
+        blocks,
+    }
+}
+
+fn plus5_row(
+    label: &str,
+    p: &super::analysis::Plus5,
+    a: &Analysis,
+    now: u64,
+    per_task: TCell,
+) -> Vec<TCell> {
+    let arm = &a.arms[p.arm].name;
+    vec![
+        c_text(label),
+        c_text(format!(
+            "hypothesised +{:.0} over {arm}",
+            HYPOTHESISED_GAIN * 100.0
+        )),
+        c_parts(vec![
+            link(format!("{}%", pct(p.from)), arm_id(arm)),
+            t(format!(" → {}%", pct(p.to))),
+        ]),
+        opt(p.n_needed.map(|n| n.to_string())),
+        c_num(now.to_string()),
+        per_task,
+    ]
+}
+
+fn published_section(a: &Analysis) -> Section {
+    let mut head = vec!["Task".to_string()];
+    for arm in &a.arms {
+        head.push(format!("ours: {}", arm.name));
+    }
+    for h in ["14B", "7B", "3B", "fine-tuned 7B hypothesis"] {
+        head.push(format!("{h} (published)"));
+    }
+    let mut rows = Vec::new();
+    for (ti, task) in a.tasks.iter().enumerate() {
+        let mut row = vec![c_text(&task.id)];
+        for (ai, arm) in a.arms.iter().enumerate() {
+            let c = &a.cells[ti][ai];
+            row.push(match c.rate {
+                Some(r) => c_parts(vec![link(
+                    format!("{}%", pct(r)),
+                    cell_id(&task.id, &arm.name),
+                )]),
+                None => dash(),
+            });
+        }
+        match published::lookup(&task.id) {
+            Some(p) => row.extend([p.q14, p.q7, p.q3, p.ft7].map(|x| c_num(format!("{x}%")))),
+            None => row.extend((0..4).map(|_| dash())),
+        }
+        rows.push(row);
+    }
+    let mut row = vec![c_text("overall")];
+    for (ai, arm) in a.arms.iter().enumerate() {
+        row.push(match a.overall[ai].rate {
+            Some(r) => c_parts(vec![link(format!("{}%", pct(r)), arm_id(&arm.name))]),
+            None => dash(),
+        });
+    }
+    let (q14, q7, q3, ft) = published::OVERALL;
+    row.extend(
+        [
+            format!("{q14}%"),
+            format!("{q7}%"),
+            format!("{q3}%"),
+            format!("{ft}%"),
+        ]
+        .map(c_num),
+    );
+    rows.push(row);
+
+    let mut head2 = vec!["Task".to_string()];
+    for arm in &a.arms {
+        head2.push(format!("ours: {} mean s", arm.name));
+    }
+    head2.push("7B mean s (published)".into());
+    let mut rows2 = Vec::new();
+    for (ti, task) in a.tasks.iter().enumerate() {
+        let mut row = vec![c_text(&task.id)];
+        for (ai, arm) in a.arms.iter().enumerate() {
+            row.push(match a.cells[ti][ai].durations {
+                Some(d) => c_parts(vec![link(secs(d.mean), cell_id(&task.id, &arm.name))]),
+                None => dash(),
+            });
+        }
+        row.push(opt(published::lookup(&task.id).map(|p| secs(p.q7_secs))));
+        rows2.push(row);
+    }
+    Section {
+        id: "sec-published",
+        title: "Beside the published numbers".into(),
+        blocks: vec![
+            Block::Para(vec![
+                strong(format!("Columns marked (published): {MARK}.")),
+                t(
+                    " Thompson (2025), AtomicGuard TDD workflow, Qwen2.5-Coder on Ollama q4_k_m, rmax = 3, n = 50 per task, T = 0.7; the fine-tuned 7B column is that paper's hypothesis (≥ 5 points overall), not a result. Tasks without a published number show –.",
+                ),
+            ]),
+            Block::Table(Table { head, rows }),
+            Block::Table(Table {
+                head: head2,
+                rows: rows2,
+            }),
+        ],
+    }
+}
+
+fn retries(a: &Analysis) -> Section {
+    let mut head = vec!["Arm".to_string(), "Step".to_string(), "passed".to_string()];
+    for r in 0..a.r_columns {
+        head.push(if r == R_CAP {
+            format!("R≥{r}")
+        } else {
+            format!("R={r}")
+        });
+    }
+    let mut rows = Vec::new();
+    for (ai, arm) in a.arms.iter().enumerate() {
+        let c = &a.overall[ai];
+        for (step, counts) in [("tests", &c.r_tests), ("impl", &c.r_impl)] {
+            let mut row = vec![
+                c_text(&arm.name),
+                c_text(step),
+                c_parts(vec![link(c.successes.to_string(), arm_id(&arm.name))]),
+            ];
+            for r in 0..a.r_columns {
+                let k = counts.get(r).copied().unwrap_or(0);
+                row.push(if c.successes == 0 || (r > arm.rmax as usize && k == 0) {
+                    dash()
+                } else {
+                    c_num(format!("{}% ({k})", pct(k as f64 / c.successes as f64)))
+                });
+            }
+            rows.push(row);
+        }
+    }
+    let mut rows2 = Vec::new();
+    for (ai, arm) in a.arms.iter().enumerate() {
+        let c = &a.overall[ai];
+        let f = |x: Option<f64>| opt(x.map(|x| format!("{x:.2}")));
+        rows2.push(vec![
+            c_text(&arm.name),
+            c_parts(vec![link(c.successes.to_string(), arm_id(&arm.name))]),
+            f(c.mean_r_tests),
+            f(c.mean_r_impl),
+            f(c.mean_retries),
+        ]);
+    }
+    Section {
+        id: "sec-retries",
+        title: "Retries".into(),
+        blocks: vec![
+            Block::Para(vec![t(
+                "R is a step's retries: attempts − 1 (R = 0 means the first attempt passed; at most rmax). Among passed trials only, the share (count) that passed each step at R; the mean retries are R_tests + R_impl per passed trial.",
+            )]),
+            Block::Table(Table { head, rows }),
+            Block::Table(Table {
+                head: [
+                    "Arm",
+                    "passed",
+                    "mean R tests",
+                    "mean R impl",
+                    "mean R_tests + R_impl",
+                ]
+                .map(String::from)
+                .to_vec(),
+                rows: rows2,
+            }),
+            Block::Chart(Chart {
+                id: "chart-retries",
+                svg: charts::retries(a),
+                caption: "Share of passed trials per R, tests step and implementation step.".into(),
+            }),
+        ],
+    }
+}
+
+fn strength(a: &Analysis) -> Section {
+    let mut head = vec!["Task".to_string()];
+    for arm in &a.arms {
+        head.push(format!("{} mean (n)", arm.name));
+    }
+    let cell = |c: &Cell, target: String| match c.strength {
+        Some(s) => c_parts(vec![
+            link(format!("{}%", pct(s)), target),
+            t(format!(" ({})", c.strength_n)),
+        ]),
+        None => dash(),
+    };
+    let mut rows = Vec::new();
+    for (ti, task) in a.tasks.iter().enumerate() {
+        let mut row = vec![c_text(&task.id)];
+        for (ai, arm) in a.arms.iter().enumerate() {
+            row.push(cell(&a.cells[ti][ai], cell_id(&task.id, &arm.name)));
+        }
+        rows.push(row);
+    }
+    let mut row = vec![c_text("overall")];
+    for (ai, arm) in a.arms.iter().enumerate() {
+        row.push(cell(&a.overall[ai], arm_id(&arm.name)));
+    }
+    rows.push(row);
+    Section {
+        id: "sec-strength",
+        title: "Test strength".into(),
+        blocks: vec![
+            Block::Para(vec![t(
+                "The share of mutants of the passing implementation that the generated tests killed, averaged over passed trials that measured it (n).",
+            )]),
+            Block::Table(Table { head, rows }),
+        ],
+    }
+}
+
+fn durations(a: &Analysis) -> Section {
+    let head = [
+        "Task",
+        "Arm",
+        "n",
+        "median s",
+        "IQR s",
+        "mean s",
+        "mean prompt tokens",
+        "mean completion tokens",
+    ]
+    .map(String::from)
+    .to_vec();
+    let row = |label: &str, arm: &str, c: &Cell, target: String| {
+        let (med, iqr, mean) = match c.durations {
+            Some(d) => (
+                c_num(secs(d.median)),
+                c_num(format!("{}–{}", secs(d.q25), secs(d.q75))),
+                c_num(secs(d.mean)),
+            ),
+            None => (dash(), dash(), dash()),
+        };
+        vec![
+            c_text(label),
+            c_text(arm),
+            c_parts(vec![link(c.n.to_string(), target)]),
+            med,
+            iqr,
+            mean,
+            opt(c.mean_prompt.map(|x| format!("{x:.0}"))),
+            opt(c.mean_completion.map(|x| format!("{x:.0}"))),
+        ]
+    };
+    let mut rows = Vec::new();
+    for (ti, task) in a.tasks.iter().enumerate() {
+        for (ai, arm) in a.arms.iter().enumerate() {
+            rows.push(row(
+                &task.id,
+                &arm.name,
+                &a.cells[ti][ai],
+                cell_id(&task.id, &arm.name),
+            ));
+        }
+    }
+    for (ai, arm) in a.arms.iter().enumerate() {
+        rows.push(row("overall", &arm.name, &a.overall[ai], arm_id(&arm.name)));
+    }
+    Section {
+        id: "sec-durations",
+        title: "Durations and tokens".into(),
+        blocks: vec![
+            Block::Para(vec![t(
+                "Wall time per trial in seconds (median, interquartile range q25–q75, mean) and mean tokens per trial over all its requests; all trials, passed or not.",
+            )]),
+            Block::Table(Table { head, rows }),
+            Block::Chart(Chart {
+                id: "chart-durations",
+                svg: charts::durations(a),
+                caption: "Trial durations per task and arm: box q25–q75, line at the median, whiskers min–max.".into(),
+            }),
+        ],
+    }
+}
+
+fn samples(a: &Analysis) -> Section {
+    let blocks = match a.samples() {
+        None => vec![Block::Para(vec![t(
+            "The extract stage has not been built: no training-sample counts yet.",
+        )])],
+        Some(s) => {
+            let mut rows = Vec::new();
+            let (mut tt, mut tk) = (0u64, 0u64);
+            for (ti, (tr, kept)) in s.iter().enumerate() {
+                tt += *tr as u64;
+                tk += *kept as u64;
+                rows.push(vec![
+                    c_text(&a.tasks[ti].id),
+                    c_num(tr.to_string()),
+                    c_num(kept.to_string()),
+                    c_text(if *kept == 0 {
+                        "zero samples: nothing to learn from for this task"
+                    } else {
+                        ""
+                    }),
+                ]);
+            }
+            rows.push(vec![
+                c_text("total"),
+                c_num(tt.to_string()),
+                c_num(tk.to_string()),
+                c_text(""),
+            ]);
+            vec![
+                Block::Para(vec![t(
+                    "Training samples the extract stage kept per task (first-attempt tests that a passing implementation was built against, deduplicated), out of the source arm's trials.",
+                )]),
+                Block::Table(Table {
+                    head: ["Task", "trials", "samples kept", "note"]
+                        .map(String::from)
+                        .to_vec(),
+                    rows,
+                }),
+            ]
+        }
+    };
+    Section {
+        id: "sec-samples",
+        title: "Training samples".into(),
+        blocks,
+    }
+}
+
+fn training(tr: &super::Training) -> Section {
+    let summary = |name: &str, v: &[(u64, f64)]| -> Vec<Inline> {
+        let fin: Vec<&(u64, f64)> = v.iter().filter(|(_, l)| l.is_finite()).collect();
+        match (
+            fin.first(),
+            fin.last(),
+            fin.iter().min_by(|x, y| x.1.total_cmp(&y.1)),
+        ) {
+            (Some(f), Some(l), Some(m)) => vec![t(format!(
+                "{name}: {:.4} at step {} → {:.4} at step {} (lowest {:.4} at step {}, {} points).",
+                f.1,
+                f.0,
+                l.1,
+                l.0,
+                m.1,
+                m.0,
+                fin.len()
+            ))],
+            _ => vec![t(format!("{name}: no points."))],
+        }
+    };
+    Section {
+        id: "sec-training",
+        title: "Training loss".into(),
+        blocks: vec![
+            Block::List(vec![
+                summary("training loss", &tr.loss),
+                summary("validation loss", &tr.val_loss),
+            ]),
+            Block::Chart(Chart {
+                id: "chart-loss",
+                svg: charts::loss(tr),
+                caption: "Training and validation loss per step.".into(),
+            }),
+        ],
+    }
+}

@@ -1,0 +1,510 @@
+//! The report's statistics: Wilson intervals, Fisher's exact test, Cohen's h, a power
+//! calculation and quartiles.
+//!
+//! Every function reproduces a named reference implementation (scipy, statsmodels, numpy) so that
+//! our numbers can be compared with the published AtomicGuard results, which were computed in
+//! Python. The tests pin the reference outputs, each next to the Python call that produced it
+//! (scipy 1.17.1, statsmodels 0.15.0, numpy 2.4.6).
+//!
+//! Conventions: proportions are in `[0, 1]`; p-values are two-sided; effect sizes are signed
+//! "from the first argument to the second" (positive = improvement when the second is the
+//! treatment).
+
+use statrs::distribution::{ContinuousCDF, Normal};
+use statrs::function::factorial::ln_binomial;
+
+/// Relative tolerance when deciding whether another table is "as extreme as" the observed one in
+/// [`fisher_exact_two_sided`]: a table counts when `p_table <= p_observed * (1 + FISHER_REL_TOL)`.
+///
+/// Tables with exactly tied probabilities (e.g. mirror images in a symmetric design) must count,
+/// but floating point computes them a few ulps apart. R's `fisher.test` uses `1 + 1e-7`; scipy
+/// 1.17 uses `1 + 1e-14` (`gamma` in `scipy.stats.fisher_exact`). We use R's `1e-7` because our
+/// log-space probabilities are only accurate to ~1e-12 relative at n ≈ 2000, so 1e-14 could miss
+/// real ties — and does: with 1e-14 here, `[[2, 17], [2, 27]]` gives 0.643 instead of scipy's
+/// 1.0 (see the tests). The two tolerances give different answers only if two *distinct* tables'
+/// probabilities lie within 1e-7 relative of each other; this never happened when checking
+/// against scipy all 249,016 2×2 tables with both rows ≤ 30 plus 3,000 random tables with rows
+/// up to 1,500 (worst relative difference 6e-12).
+const FISHER_REL_TOL: f64 = 1e-7;
+
+/// z such that P(Z ≤ z) = `q` for a standard normal Z (statrs' inverse CDF).
+fn normal_quantile(q: f64) -> f64 {
+    Normal::standard().inverse_cdf(q)
+}
+
+/// P(Z ≤ x) for a standard normal Z.
+fn normal_cdf(x: f64) -> f64 {
+    Normal::standard().cdf(x)
+}
+
+/// Wilson score interval for `successes` of `n` at `confidence` (e.g. 0.95), as
+/// `(lower, upper)`.
+///
+/// Why Wilson: unlike the normal ("Wald") interval it stays inside `[0, 1]` and is not degenerate
+/// at 0/n or n/n, which are common here (e.g. 50/50 successes). Formula and rounding follow
+/// `statsmodels.stats.proportion.proportion_confint(k, n, alpha=1 - confidence,
+/// method="wilson")`, with z = the normal quantile at `1 - (1 - confidence) / 2` (1.959964 for
+/// 0.95), then clamped to `[0, 1]` as statsmodels does. The bound at the observed edge is made
+/// exact (0/n → lower 0.0, n/n → upper 1.0) where statsmodels can be off by rounding (~1e-17).
+///
+/// `n = 0` gives `(0.0, 1.0)` — nothing is known — where statsmodels gives `(nan, nan)`.
+/// `confidence` ≥ 1 gives `(0.0, 1.0)`; `confidence` ≤ 0 gives the point `(k/n, k/n)`.
+///
+/// # Panics
+///
+/// If `successes > n` or `confidence` is NaN: both are caller bugs, not data.
+pub fn wilson(successes: u64, n: u64, confidence: f64) -> (f64, f64) {
+    assert!(
+        successes <= n,
+        "wilson: {successes} successes out of only {n} trials"
+    );
+    assert!(!confidence.is_nan(), "wilson: confidence is NaN");
+    if n == 0 || confidence >= 1.0 {
+        return (0.0, 1.0);
+    }
+    let nobs = n as f64;
+    let q = successes as f64 / nobs;
+    if confidence <= 0.0 {
+        return (q, q);
+    }
+    let crit = normal_quantile(1.0 - (1.0 - confidence) / 2.0);
+    let crit2 = crit * crit;
+    let denom = 1.0 + crit2 / nobs;
+    let center = (q + crit2 / (2.0 * nobs)) / denom;
+    let dist = crit * (q * (1.0 - q) / nobs + crit2 / (4.0 * nobs * nobs)).sqrt() / denom;
+    // At 0/n the lower bound is exactly 0 (and at n/n the upper exactly 1); the formula only
+    // gets there up to rounding, which statsmodels leaves in (it prints 0/3 as 5.6e-17).
+    let lower = if successes == 0 { 0.0 } else { center - dist };
+    let upper = if successes == n { 1.0 } else { center + dist };
+    (lower.clamp(0.0, 1.0), upper.clamp(0.0, 1.0))
+}
+
+/// Two-sided Fisher exact test p-value for the 2×2 table `[[a, b], [c, d]]` (rows = arms,
+/// columns = success / failure, e.g. `[[46, 4], [50, 0]]` for 46/50 vs 50/50).
+///
+/// Definition (scipy.stats.fisher_exact's, also R's `fisher.test`): with all margins fixed, the
+/// count in the top-left cell is hypergeometric; the p-value is the sum of the probabilities of
+/// all tables whose probability is ≤ the observed table's — "at least as unlikely", not "twice
+/// the smaller tail". Ties are judged with the relative tolerance [`FISHER_REL_TOL`] (`1 + 1e-7`;
+/// scipy 1.17 itself uses `1 + 1e-14`, see that constant for why we differ and why it does not
+/// matter). When every table qualifies (the observed table is a mode, or a margin is zero so only
+/// one table exists) the result is exactly `1.0`, as in scipy.
+///
+/// Probabilities are computed in log space with statrs' ln-binomials, so n = 1000+ per arm
+/// works; the cost is one term per possible table (O(min(row, column margin))). The result is
+/// clamped to ≤ 1. A p-value below ~1e-308 underflows to 0.0 (scipy gives 0.0 there too).
+pub fn fisher_exact_two_sided(a: u64, b: u64, c: u64, d: u64) -> f64 {
+    let row1 = a + b;
+    let row2 = c + d;
+    let col1 = a + c;
+    // Top-left cell x ranges over lo..=hi; the rest of the table follows from the margins.
+    let lo = col1.saturating_sub(row2);
+    let hi = col1.min(row1);
+    // ln of the hypergeometric probability without the common denominator ln C(N, col1),
+    // which cancels in every comparison.
+    let ln_weight = |x: u64| ln_binomial(row1, x) + ln_binomial(row2, col1 - x);
+    let observed = ln_weight(a);
+    let cutoff = observed + FISHER_REL_TOL.ln_1p();
+    let mut sum_rel = 0.0; // Σ p(x) / p(observed) over the qualifying tables
+    let mut all_qualify = true;
+    for x in lo..=hi {
+        let w = ln_weight(x);
+        if w <= cutoff {
+            sum_rel += (w - observed).exp();
+        } else {
+            all_qualify = false;
+        }
+    }
+    if all_qualify {
+        return 1.0;
+    }
+    let ln_total = ln_binomial(row1 + row2, col1);
+    (observed - ln_total + sum_rel.ln()).exp().min(1.0)
+}
+
+/// Cohen's h effect size from proportion `p1` to `p2`: `2·asin(√p2) − 2·asin(√p1)`.
+///
+/// Positive when `p2 > p1` (so "baseline → fine-tuned" is positive for an improvement). Same
+/// value as statsmodels' `proportion_effectsize(p2, p1)`. The arcsine transform makes a
+/// difference of 0.92 → 1.0 (h ≈ 0.57) count for more than 0.50 → 0.58, as it should for
+/// detectability. Inputs outside `[0, 1]` give NaN.
+pub fn cohens_h(p1: f64, p2: f64) -> f64 {
+    2.0 * p2.sqrt().asin() - 2.0 * p1.sqrt().asin()
+}
+
+/// Cohen's (1988) verbal label for an effect size `h`, by its magnitude `|h|`:
+/// `"negligible"` < 0.2 ≤ `"small"` < 0.5 ≤ `"medium"` < 0.8 ≤ `"large"`.
+///
+/// Boundaries belong to the larger label (h = 0.2 is "small"), as in the published report's
+/// legend. The sign is ignored (a large drop is "large"); NaN is `"negligible"`.
+pub fn h_label(h: f64) -> &'static str {
+    let m = h.abs();
+    if m >= 0.8 {
+        "large"
+    } else if m >= 0.5 {
+        "medium"
+    } else if m >= 0.2 {
+        "small"
+    } else {
+        "negligible"
+    }
+}
+
+/// Significance stars for a p-value, the convention of the published report:
+/// `"***"` p < 0.001, `"**"` p < 0.01, `"*"` p < 0.05, `""` otherwise (and for NaN).
+///
+/// Thresholds are strict: p = 0.05 exactly gets no star.
+pub fn stars(p: f64) -> &'static str {
+    if p < 0.001 {
+        "***"
+    } else if p < 0.01 {
+        "**"
+    } else if p < 0.05 {
+        "*"
+    } else {
+        ""
+    }
+}
+
+/// Trials per arm needed to detect success rates `p1` vs `p2` with a two-sided test at level
+/// `alpha` with probability `power`, using the arcsine (Cohen's h) normal approximation.
+///
+/// This is `ceil(NormalIndPower().solve_power(effect_size=h, alpha=alpha, power=power,
+/// ratio=1))` from statsmodels: with `h = cohens_h(p1, p2)` and the test statistic
+/// `|h|·√(n/2)` (the variance of `2·asin√p̂` is 1/n per arm, so 2/n for the difference), it
+/// solves `Φ(|h|√(n/2) − z) + Φ(−|h|√(n/2) − z) = power` with `z = z_{1−α/2}` exactly — both
+/// tails, like statsmodels — by bisection, then rounds up. Dropping the tiny second tail gives
+/// the closed form `n = 2·((z_{1−α/2} + z_power) / |h|)²` (Cohen's tables: h = 0.2 → 392.4),
+/// which is at most a fraction of a trial larger. Note the factor 2: `((z + z)/h)²` alone would
+/// be the per-arm size for a one-sample test and is half of what statsmodels reports. Agreement
+/// with statsmodels after the ceil is exact in the tested cases; if the real solution sits
+/// within solver noise of an integer the two could differ by 1.
+///
+/// `None` when `p1 == p2` (no effect to detect, n would be infinite), when any input is NaN or
+/// outside `[0, 1]`, or when `alpha` or `power` is exactly 0 or 1 (no finite n). If
+/// `power <= alpha` any sample size suffices and the answer is `Some(1)`.
+pub fn n_per_arm_for_power(p1: f64, p2: f64, alpha: f64, power: f64) -> Option<u64> {
+    let unit = |x: f64| (0.0..=1.0).contains(&x);
+    let open_unit = |x: f64| x > 0.0 && x < 1.0;
+    if !(unit(p1) && unit(p2) && open_unit(alpha) && open_unit(power)) || p1 == p2 {
+        return None;
+    }
+    let h = cohens_h(p1, p2).abs();
+    if h == 0.0 {
+        return None;
+    }
+    if power <= alpha {
+        return Some(1);
+    }
+    let z = normal_quantile(1.0 - alpha / 2.0);
+    let achieved = |n: f64| {
+        let shift = h * (n / 2.0).sqrt();
+        normal_cdf(shift - z) + normal_cdf(-shift - z)
+    };
+    // The one-tail closed form overshoots (the other tail adds power), so it bounds the root.
+    let mut hi = 2.0 * ((z + normal_quantile(power)) / h).powi(2);
+    let mut lo = 0.0;
+    // Guard against statrs rounding leaving `achieved(hi)` a hair short of the target.
+    while achieved(hi) < power {
+        hi *= 2.0;
+    }
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if achieved(mid) < power {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some((hi.ceil() as u64).max(1))
+}
+
+/// First quartile, median and third quartile `(q25, median, q75)` of `values`, with linear
+/// interpolation between order statistics — `numpy.percentile(values, [25, 50, 75])` with its
+/// default `method="linear"` (type 7 of Hyndman & Fan, also R's default).
+///
+/// The position of quantile q in the sorted values is `q·(n − 1)`; between neighbours `a`, `b`
+/// with fraction `t` the value is `a + (b − a)·t`, or `b − (b − a)·(1 − t)` when `t ≥ 0.5`, which is
+/// numpy's own rounding-friendly form, so results agree to the last bit. `None` for an empty
+/// slice; if any value is NaN all three are NaN, as in numpy. The input need not be sorted.
+pub fn quartiles(values: &[f64]) -> Option<(f64, f64, f64)> {
+    if values.is_empty() {
+        return None;
+    }
+    if values.iter().any(|v| v.is_nan()) {
+        return Some((f64::NAN, f64::NAN, f64::NAN));
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let last = sorted.len() - 1;
+    let at = |q: f64| {
+        let pos = q * last as f64;
+        let below = (pos.floor() as usize).min(last);
+        let above = (below + 1).min(last);
+        let t = pos - below as f64;
+        let (a, b) = (sorted[below], sorted[above]);
+        let diff = b - a;
+        if t >= 0.5 {
+            b - diff * (1.0 - t)
+        } else {
+            a + diff * t
+        }
+    };
+    Some((at(0.25), at(0.5), at(0.75)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Relative tolerance for values scipy/statsmodels give to full double precision.
+    const REL: f64 = 1e-9;
+
+    fn assert_close(ours: f64, reference: f64, rel: f64, what: &str) {
+        let ok = if reference == 0.0 {
+            ours.abs() <= 1e-300
+        } else {
+            ((ours - reference) / reference).abs() <= rel
+        };
+        assert!(ok, "{what}: ours {ours:e} vs reference {reference:e}");
+    }
+
+    #[test]
+    fn fisher_matches_scipy() {
+        // (table, scipy.stats.fisher_exact(table).pvalue) — scipy 1.17.1, default two-sided.
+        let cases: &[([u64; 4], f64)] = &[
+            // fisher_exact([[46, 4], [50, 0]]) — LRU 92 → 100 in TASKS.md, p = 0.1175
+            ([46, 4, 50, 0], 0.11746329272102468),
+            // fisher_exact([[0, 50], [0, 50]])
+            ([0, 50, 0, 50], 1.0),
+            // fisher_exact([[50, 0], [50, 0]])
+            ([50, 0, 50, 0], 1.0),
+            // fisher_exact([[45, 5], [49, 1]])
+            ([45, 5, 49, 1], 0.20440158503099357),
+            // fisher_exact([[35, 15], [49, 1]]) — Template 70 → 98 in TASKS.md, p = 0.0002
+            ([35, 15, 49, 1], 0.00017455770072532386),
+            // fisher_exact([[45, 5], [50, 0]]) — Password 90 → 100 in TASKS.md, p = 0.0563
+            ([45, 5, 50, 0], 0.05628449442882433),
+            // fisher_exact([[1, 0], [0, 1]])
+            ([1, 0, 0, 1], 1.0),
+            // fisher_exact([[3, 4], [12, 8]]) — 3/7 vs 12/20
+            ([3, 4, 12, 8], 0.6618357487922706),
+            // fisher_exact([[480, 520], [530, 470]])
+            ([480, 520, 530, 470], 0.028393696370678335),
+            // fisher_exact([[1000, 0], [990, 10]])
+            ([1000, 0, 990, 10], 0.0019094651653416143),
+            // fisher_exact([[500, 500], [500, 500]])
+            ([500, 500, 500, 500], 1.0),
+            // fisher_exact([[0, 50], [50, 0]])
+            ([0, 50, 50, 0], 1.9823306042836675e-29),
+            // fisher_exact([[0, 1000], [1000, 0]]) — underflows in scipy too
+            ([0, 1000, 1000, 0], 0.0),
+            // fisher_exact([[5, 5], [5, 5]]) — observed table is the mode
+            ([5, 5, 5, 5], 1.0),
+            // fisher_exact([[2, 3], [3, 2]]) — tied with its mirror image [[3, 2], [2, 3]]
+            ([2, 3, 3, 2], 1.0),
+            // fisher_exact([[3, 1], [1, 3]]) — the mirror [[1, 3], [3, 1]] ties and counts
+            ([3, 1, 1, 3], 0.48571428571428565),
+            // fisher_exact([[0, 5], [5, 0]])
+            ([0, 5, 5, 0], 0.007936507936507938),
+            // Ties that floating point computes a few 1e-13 apart (so a 1e-14 tolerance misses them):
+            // fisher_exact([[2, 17], [2, 27]]) — observed ties with the mode
+            ([2, 17, 2, 27], 1.0),
+            // fisher_exact([[15, 8], [389, 234]])
+            ([15, 8, 389, 234], 1.0),
+            // fisher_exact([[42, 106], [119, 55]])
+            ([42, 106, 119, 55], 9.232477465562848e-13),
+            // fisher_exact([[1, 9], [11, 3]])
+            ([1, 9, 11, 3], 0.0027594561852200836),
+            // fisher_exact([[7, 2], [1, 9]])
+            ([7, 2, 1, 9], 0.005477494641581328),
+        ];
+        for &([a, b, c, d], want) in cases {
+            let got = fisher_exact_two_sided(a, b, c, d);
+            assert_close(got, want, REL, &format!("fisher [[{a},{b}],[{c},{d}]]"));
+        }
+        // The 1.0 cases are exactly 1.0, not 0.9999999999.
+        assert_eq!(fisher_exact_two_sided(5, 5, 5, 5), 1.0);
+        assert_eq!(fisher_exact_two_sided(2, 3, 3, 2), 1.0);
+        assert_eq!(fisher_exact_two_sided(0, 0, 0, 0), 1.0);
+    }
+
+    #[test]
+    fn fisher_is_symmetric_in_rows_and_columns() {
+        // Swapping arms or swapping success/failure does not change a two-sided p-value.
+        let p = fisher_exact_two_sided(3, 4, 12, 8);
+        assert_close(
+            fisher_exact_two_sided(12, 8, 3, 4),
+            p,
+            1e-12,
+            "rows swapped",
+        );
+        assert_close(
+            fisher_exact_two_sided(4, 3, 8, 12),
+            p,
+            1e-12,
+            "columns swapped",
+        );
+        assert_close(fisher_exact_two_sided(3, 12, 4, 8), p, 1e-12, "transposed");
+    }
+
+    #[test]
+    fn wilson_matches_statsmodels() {
+        // proportion_confint(k, n, alpha=0.05, method="wilson") — statsmodels 0.15.0
+        let cases: &[(u64, u64, f64, f64)] = &[
+            // proportion_confint(0, 50, alpha=0.05, method="wilson")
+            (0, 50, 0.0, 0.07134759913335874),
+            // proportion_confint(50, 50, alpha=0.05, method="wilson")
+            (50, 50, 0.9286524008666412, 1.0),
+            // proportion_confint(25, 50, alpha=0.05, method="wilson")
+            (25, 50, 0.3664451431682858, 0.6335548568317142),
+            // proportion_confint(46, 50, alpha=0.05, method="wilson")
+            (46, 50, 0.8116175308165716, 0.9684504859114069),
+            // proportion_confint(1, 1, alpha=0.05, method="wilson")
+            (1, 1, 0.2065493143772374, 1.0),
+            // proportion_confint(3, 7, alpha=0.05, method="wilson")
+            (3, 7, 0.15821985525146964, 0.7495416354723428),
+        ];
+        for &(k, n, lo, hi) in cases {
+            let (l, h) = wilson(k, n, 0.95);
+            assert_close(l, lo, REL, &format!("wilson {k}/{n} lower"));
+            assert_close(h, hi, REL, &format!("wilson {k}/{n} upper"));
+            assert!((0.0..=1.0).contains(&l) && (0.0..=1.0).contains(&h));
+        }
+        // proportion_confint(46, 50, alpha=0.10, method="wilson")
+        let (l, h) = wilson(46, 50, 0.90);
+        assert_close(l, 0.8333021052798535, REL, "wilson 90% lower");
+        assert_close(h, 0.9635780186596796, REL, "wilson 90% upper");
+        // proportion_confint(0, 0, ...) is (nan, nan) in statsmodels; we say "anything".
+        assert_eq!(wilson(0, 0, 0.95), (0.0, 1.0));
+        assert_eq!(wilson(0, 50, 0.95).0, 0.0);
+        assert_eq!(wilson(50, 50, 0.95).1, 1.0);
+        // proportion_confint(0, 3, alpha=0.05, method="wilson") → (5.551115123125783e-17,
+        // 0.5614970317550454): statsmodels' lower bound is rounding noise; ours is exactly 0.
+        let (l, h) = wilson(0, 3, 0.95);
+        assert_eq!(l, 0.0);
+        assert_close(h, 0.5614970317550454, REL, "wilson 0/3 upper");
+    }
+
+    #[test]
+    fn normal_quantile_matches_scipy() {
+        // scipy.stats.norm.isf(0.025), scipy.stats.norm.ppf(0.8)
+        assert_close(normal_quantile(0.975), 1.9599639845400545, 1e-12, "z 0.975");
+        assert_close(normal_quantile(0.8), 0.8416212335729143, 1e-12, "z 0.8");
+    }
+
+    #[test]
+    #[should_panic(expected = "successes")]
+    fn wilson_rejects_more_successes_than_trials() {
+        wilson(51, 50, 0.95);
+    }
+
+    #[test]
+    fn cohens_h_matches_numpy() {
+        // 2*np.arcsin(np.sqrt(p2)) - 2*np.arcsin(np.sqrt(p1)), equal to
+        // statsmodels.stats.proportion.proportion_effectsize(p2, p1)
+        let cases: &[(f64, f64, f64)] = &[
+            (0.92, 1.0, 0.5735131044230966),  // TASKS.md: LRU h = 0.57
+            (0.70, 0.98, 0.8754853715190813), // TASKS.md: Template h = 0.88
+            (0.90, 1.0, 0.6435011087932843),  // TASKS.md: Password h = 0.64
+            (0.57, 0.62, 0.10190443632910773),
+            (0.20, 0.32, 0.27523321535664447),
+            (1.0, 0.0, -std::f64::consts::PI),
+        ];
+        for &(p1, p2, want) in cases {
+            assert_close(cohens_h(p1, p2), want, 1e-12, &format!("h({p1}, {p2})"));
+            assert_close(cohens_h(p2, p1), -want, 1e-12, "h is antisymmetric");
+        }
+        assert_eq!(cohens_h(0.5, 0.5), 0.0);
+    }
+
+    #[test]
+    fn h_labels_at_the_boundaries() {
+        assert_eq!(h_label(0.0), "negligible");
+        assert_eq!(h_label(0.1999), "negligible");
+        assert_eq!(h_label(0.2), "small");
+        assert_eq!(h_label(-0.2), "small");
+        assert_eq!(h_label(0.4999), "small");
+        assert_eq!(h_label(0.5), "medium");
+        assert_eq!(h_label(-0.6), "medium");
+        assert_eq!(h_label(0.7999), "medium");
+        assert_eq!(h_label(0.8), "large");
+        assert_eq!(h_label(-3.0), "large");
+        assert_eq!(h_label(f64::NAN), "negligible");
+        assert_eq!(h_label(cohens_h(0.92, 1.0)), "medium");
+        assert_eq!(h_label(cohens_h(0.70, 0.98)), "large");
+    }
+
+    #[test]
+    fn stars_thresholds_are_strict() {
+        assert_eq!(stars(0.00017455770072532386), "***");
+        assert_eq!(stars(0.001), "**");
+        assert_eq!(stars(0.0055), "**");
+        assert_eq!(stars(0.01), "*");
+        assert_eq!(stars(0.028), "*");
+        assert_eq!(stars(0.05), "");
+        assert_eq!(stars(0.1175), "");
+        assert_eq!(stars(1.0), "");
+        assert_eq!(stars(f64::NAN), "");
+    }
+
+    #[test]
+    fn power_matches_statsmodels() {
+        // h = 2*np.arcsin(np.sqrt(p2)) - 2*np.arcsin(np.sqrt(p1))
+        // np.ceil(NormalIndPower().solve_power(effect_size=h, alpha=alpha, power=power, ratio=1))
+        // (statsmodels 0.15.0; the raw solution is in the comment)
+        let cases: &[(f64, f64, f64, f64, u64)] = &[
+            (0.57, 0.62, 0.05, 0.8, 1512), // 1511.6471316645443
+            (0.20, 0.32, 0.05, 0.8, 208),  // 207.22155053104058
+            (0.92, 1.0, 0.05, 0.8, 48),    // 47.72543748105834
+            (0.70, 0.98, 0.05, 0.8, 21),   // 20.48041904509614
+            (0.57, 0.64, 0.05, 0.9, 1023), // 1022.9055452929027
+            (0.50, 0.60, 0.01, 0.8, 577),  // 576.098883522826
+        ];
+        for &(p1, p2, alpha, power, want) in cases {
+            assert_eq!(
+                n_per_arm_for_power(p1, p2, alpha, power),
+                Some(want),
+                "n for {p1} vs {p2}, alpha {alpha}, power {power}"
+            );
+            // The direction of the effect does not matter for a two-sided test.
+            assert_eq!(n_per_arm_for_power(p2, p1, alpha, power), Some(want));
+        }
+    }
+
+    #[test]
+    fn power_refuses_degenerate_inputs() {
+        assert_eq!(n_per_arm_for_power(0.5, 0.5, 0.05, 0.8), None);
+        assert_eq!(n_per_arm_for_power(-0.1, 0.5, 0.05, 0.8), None);
+        assert_eq!(n_per_arm_for_power(0.5, 1.1, 0.05, 0.8), None);
+        assert_eq!(n_per_arm_for_power(f64::NAN, 0.5, 0.05, 0.8), None);
+        assert_eq!(n_per_arm_for_power(0.2, 0.5, 0.0, 0.8), None);
+        assert_eq!(n_per_arm_for_power(0.2, 0.5, 0.05, 1.0), None);
+        assert_eq!(n_per_arm_for_power(0.2, 0.5, 0.05, 0.01), Some(1));
+    }
+
+    #[test]
+    fn quartiles_match_numpy() {
+        // np.percentile([3.0, 1.0, 4.0, 1.0, 5.0], [25, 50, 75]) → [1.0, 3.0, 4.0]
+        assert_eq!(quartiles(&[3.0, 1.0, 4.0, 1.0, 5.0]), Some((1.0, 3.0, 4.0)));
+        // np.percentile([3.0, 1.0, 4.0, 1.0, 5.0, 9.0], [25, 50, 75]) → [1.5, 3.5, 4.75]
+        assert_eq!(
+            quartiles(&[3.0, 1.0, 4.0, 1.0, 5.0, 9.0]),
+            Some((1.5, 3.5, 4.75))
+        );
+        // np.percentile([0.5, 2.25, -1.0, 10.0, 3.5, 3.5, 8.0, 6.125], [25, 50, 75])
+        //   → [1.8125, 3.5, 6.59375]
+        assert_eq!(
+            quartiles(&[0.5, 2.25, -1.0, 10.0, 3.5, 3.5, 8.0, 6.125]),
+            Some((1.8125, 3.5, 6.59375))
+        );
+        // np.percentile([7.5], [25, 50, 75]) → [7.5, 7.5, 7.5]
+        assert_eq!(quartiles(&[7.5]), Some((7.5, 7.5, 7.5)));
+        assert_eq!(quartiles(&[]), None);
+        let (a, b, c) = quartiles(&[1.0, f64::NAN]).unwrap();
+        assert!(a.is_nan() && b.is_nan() && c.is_nan());
+    }
+}
