@@ -39,6 +39,21 @@ fn row(stage: &str, id: &str, transcript: &str, s: &Value) -> TrialRow {
     }
 }
 
+/// The trial rows of a `trial` or `eval` manifest: summaries only, no transcript is read.
+pub fn rows(stage: &str, m: &crate::store::Manifest) -> Vec<TrialRow> {
+    m.entries
+        .iter()
+        .map(|e| {
+            let transcript = e
+                .outputs
+                .get("trial")
+                .map(|h| h.to_hex())
+                .unwrap_or_default();
+            row(stage, &e.id, &transcript, &e.summary)
+        })
+        .collect()
+}
+
 /// What the report is built from, read from the upstream manifests.
 pub fn input(job: &Job<'_>) -> Result<ReportInput, StageError> {
     let l: &Loaded = job.cx.loaded;
