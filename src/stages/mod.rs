@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! trial ──► extract ──► format ──► train ──► convert ──► eval ──► report
-//!   └──────────────────────────────────┴────────────────────────────▲
+//!   └──────────┴─────────────────────────┴──────────────────────────▲
 //! ```
+//!
+//! (An experiment without a fine-tuned arm — a baseline study — reports from `trial` and
+//! `extract` alone.)
 //!
 //! Each declaration fixes what keys the stage (its parameters and items). What a stage *does*
 //! is its run function: the real ones arrive with their issues; the synthetic ones
