@@ -13,49 +13,8 @@
 mod common;
 
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-struct Server(Child, String);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn server(parallel: u32) -> Server {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let model = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let mut child = Command::new(common::venv().join("bin/python"))
-        .arg(root.join("scripts/llama_server.py"))
-        .args([
-            "--model",
-            model.to_str().unwrap(),
-            "--port",
-            "0",
-            "--threads",
-            "1",
-        ])
-        .args(["--ctx", "4096", "--parallel", &parallel.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run scripts/setup.sh first");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("READY ")
-        .expect("server ready")
-        .to_string();
-    Server(child, url)
-}
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
@@ -76,8 +35,8 @@ fn main() {
     ];
 
     // 1. pipe, end to end.
-    let srv = server(jobs);
-    let p = common::Project::openai(&srv.1, &tasks, trials, 1, "");
+    let srv = common::LlamaServer::smollm2(jobs, 4096);
+    let p = common::Project::openai(&srv.url, &tasks, trials, 1, "");
     let cfg = std::fs::read_to_string(p.path("pipeline.toml"))
         .unwrap()
         .replace("max_tokens = 512", "max_tokens = 256")
@@ -133,8 +92,8 @@ fn main() {
         }
         per_trial.push(reqs);
     }
-    let srv = server(jobs);
-    let url = format!("{}/v1/chat/completions", srv.1);
+    let srv = common::LlamaServer::smollm2(jobs, 4096);
+    let url = format!("{}/v1/chat/completions", srv.url);
     per_trial.reverse(); // popped from the back: first trial first
     let queue = Mutex::new(per_trial);
     let replay_tokens = std::sync::atomic::AtomicU64::new(0);

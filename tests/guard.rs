@@ -23,86 +23,9 @@ fn limits() -> Limits {
     }
 }
 
-const STACK: &str = r#"
-class Stack:
-    """A LIFO stack."""
+const STACK: &str = include_str!("fixtures/stack_impl.py");
 
-    def __init__(self):
-        self._items = []
-
-    def push(self, item):
-        self._items.append(item)
-
-    def pop(self):
-        if not self._items:
-            raise IndexError("pop from empty stack")
-        return self._items.pop()
-
-    def peek(self):
-        if not self._items:
-            raise IndexError("peek from empty stack")
-        return self._items[-1]
-
-    def is_empty(self):
-        return len(self._items) == 0
-
-    def size(self):
-        return len(self._items)
-"#;
-
-const STACK_TESTS: &str = r#"
-import pytest
-from implementation import Stack
-
-def test_new_stack_is_empty():
-    s = Stack()
-    assert s.is_empty()
-    assert s.size() == 0
-
-def test_push_then_peek():
-    s = Stack()
-    s.push(1)
-    s.push(2)
-    assert s.peek() == 2
-    assert s.size() == 2
-
-def test_pop_is_lifo():
-    s = Stack()
-    for i in range(3):
-        s.push(i)
-    assert [s.pop(), s.pop(), s.pop()] == [2, 1, 0]
-    assert s.is_empty()
-
-def test_pop_empty_raises():
-    with pytest.raises(IndexError):
-        Stack().pop()
-
-def test_peek_empty_raises():
-    with pytest.raises(IndexError):
-        Stack().peek()
-
-def test_none_is_a_valid_item():
-    s = Stack()
-    s.push(None)
-    assert not s.is_empty()
-    assert s.peek() is None
-    assert s.pop() is None
-    assert s.is_empty()
-
-def test_peek_does_not_remove():
-    s = Stack()
-    s.push("a")
-    s.peek()
-    assert s.size() == 1
-
-def test_size_counts():
-    s = Stack()
-    for i in range(5):
-        s.push(i)
-    assert s.size() == 5
-    s.pop()
-    assert s.size() == 4
-"#;
+const STACK_TESTS: &str = include_str!("fixtures/stack_tests.py");
 
 /// Run the guard, check it came back within its limit, and return the verdict.
 fn judge(tests: &str, implementation: &str) -> TestVerdict {

@@ -5,62 +5,11 @@
 mod common;
 
 use common::Project;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-
-struct LlamaServer {
-    child: Child,
-    url: String,
-}
-
-impl Drop for LlamaServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> LlamaServer {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let model = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        model.exists(),
-        "{} is missing: run scripts/setup.sh",
-        model.display()
-    );
-    let mut child = Command::new(common::venv().join("bin/python"))
-        .arg(root.join("scripts/llama_server.py"))
-        .args(["--model", model.to_str().unwrap()])
-        .args([
-            "--port",
-            "0",
-            "--threads",
-            "1",
-            "--ctx",
-            "4096",
-            "--parallel",
-            "2",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run scripts/setup.sh to make .venv");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("READY ")
-        .unwrap_or_else(|| panic!("llama_server.py said {line:?}"))
-        .to_string();
-    LlamaServer { child, url }
-}
 
 #[test]
 fn a_small_experiment_through_a_real_llama_cpp_server() {
-    let srv = start_server();
+    let srv = common::LlamaServer::smollm2(2, 4096);
     let p = Project::openai(
         &srv.url,
         &["stack", "calculator"],

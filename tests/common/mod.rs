@@ -256,6 +256,64 @@ lease_ttl_s = 30
     }
 }
 
+/// A llama.cpp server (the xllamacpp wheel) on loopback, serving the SmolLM2 GGUF that
+/// scripts/setup.sh assembles; killed on drop.
+pub struct LlamaServer {
+    child: Child,
+    pub url: String,
+}
+
+impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl LlamaServer {
+    /// Start it with `parallel` slots of `ctx` tokens each, one thread per slot.
+    pub fn smollm2(parallel: u32, ctx: u32) -> LlamaServer {
+        use std::io::BufRead;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let model = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert!(
+            model.exists(),
+            "{} is missing: run scripts/setup.sh",
+            model.display()
+        );
+        let mut child = Command::new(venv().join("bin/python"))
+            .arg(root.join("scripts/llama_server.py"))
+            .args([
+                "--model",
+                model.to_str().unwrap(),
+                "--port",
+                "0",
+                "--threads",
+                "1",
+            ])
+            .args([
+                "--ctx",
+                &ctx.to_string(),
+                "--parallel",
+                &parallel.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run scripts/setup.sh to make .venv");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| panic!("llama_server.py said {line:?}"))
+            .to_string();
+        LlamaServer { child, url }
+    }
+}
+
 /// The repo's Python venv (made by scripts/setup.sh).
 pub fn venv() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv")
