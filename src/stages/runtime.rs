@@ -45,7 +45,13 @@ fn probe_name(name: &str, spec: &ModelSpec) -> String {
     )
 }
 
-fn openai_client(loaded: &Loaded, spec: &ModelSpec) -> Result<OpenAi, String> {
+/// A client for `spec`. `max_retries` caps its retries: the identity probe needs few, since a
+/// server that does not answer it will fail the trials anyway, with the full retries.
+fn openai_client(
+    loaded: &Loaded,
+    spec: &ModelSpec,
+    max_retries: Option<u32>,
+) -> Result<OpenAi, String> {
     let api_key = match &spec.api_key_env {
         Some(var) => Some(std::env::var(var).map_err(|_| {
             format!("the API key variable `{var}` (models.*.api_key_env) is not set")
@@ -57,7 +63,10 @@ fn openai_client(loaded: &Loaded, spec: &ModelSpec) -> Result<OpenAi, String> {
         model: spec.name.clone().unwrap_or_default(),
         api_key,
         timeout: Duration::from_secs(loaded.config.sampling.request_timeout_s.max(1)),
-        retries: spec.retries.unwrap_or(5),
+        retries: spec
+            .retries
+            .unwrap_or(5)
+            .min(max_retries.unwrap_or(u32::MAX)),
         backoff: Duration::from_millis(spec.backoff_ms.unwrap_or(1000)),
     })
     .map_err(|e| e.to_string())
@@ -86,7 +95,7 @@ impl Runtime {
                     let key = probe_name(name, spec);
                     let cached = store.and_then(|s| s.get_probe(&key));
                     let fresh = if wanted.contains(&name.as_str()) {
-                        match openai_client(loaded, spec)
+                        match openai_client(loaded, spec, Some(1))
                             .and_then(|c| c.identity().map_err(|e| e.to_string()))
                         {
                             Ok(v) => {
@@ -165,7 +174,7 @@ impl Runtime {
                 if let Some(e) = self.probe_errors.get(name) {
                     tracing::warn!("model `{name}` did not answer the identity probe: {e}");
                 }
-                Arc::new(openai_client(loaded, spec)?)
+                Arc::new(openai_client(loaded, spec, None)?)
             }
             Backend::Local => return Err(LOCAL_PENDING.into()),
         };
