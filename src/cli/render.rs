@@ -34,9 +34,14 @@ pub fn error(e: &anyhow::Error) -> ExitCode {
         eprintln!("error: {b}");
         return ExitCode::from(2);
     }
-    eprintln!("error: {e}");
+    let top = e.to_string();
+    eprintln!("error: {top}");
     for cause in e.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
+        // Errors that already quote their source would say it twice.
+        let c = cause.to_string();
+        if !top.contains(&c) {
+            eprintln!("  caused by: {c}");
+        }
     }
     if let Some(BuildError::Stage { source, .. }) = e.downcast_ref::<BuildError>() {
         match source.as_ref() {
