@@ -219,8 +219,8 @@ fn local_identity(
     Ok(json!({"backend": "local", "gguf_blake3": digest}))
 }
 
-fn gguf_digest(path: &Path, store: Option<&Store>) -> Result<String, String> {
-    static MEMO: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+/// The probe-cache key of a file's digest: its path, size and modification time.
+fn digest_key(path: &Path) -> Result<String, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mtime = meta
         .modified()
@@ -228,7 +228,16 @@ fn gguf_digest(path: &Path, store: Option<&Store>) -> Result<String, String> {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let key = format!("gguf-blake3|{}|{}|{mtime}", canonical.display(), meta.len());
+    Ok(format!(
+        "gguf-blake3|{}|{}|{mtime}",
+        canonical.display(),
+        meta.len()
+    ))
+}
+
+fn gguf_digest(path: &Path, store: Option<&Store>) -> Result<String, String> {
+    static MEMO: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    let key = digest_key(path)?;
     let memo = MEMO.get_or_init(Default::default);
     if let Some(d) = memo.lock().unwrap().get(&key) {
         return Ok(d.clone());
@@ -253,4 +262,35 @@ fn gguf_digest(path: &Path, store: Option<&Store>) -> Result<String, String> {
     }
     memo.lock().unwrap().insert(key, d.clone());
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreOptions;
+
+    #[test]
+    fn a_gguf_digest_is_its_blake3_cached_by_path_size_and_mtime() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("m.gguf");
+        std::fs::write(&f, b"not really a gguf").unwrap();
+        let store = Store::open(&d.path().join("s"), StoreOptions::default()).unwrap();
+        let first = blake3::hash(b"not really a gguf").to_hex().to_string();
+        assert_eq!(gguf_digest(&f, Some(&store)).unwrap(), first);
+        // The next process finds it in the store's probe cache.
+        let key = digest_key(&f).unwrap();
+        assert_eq!(store.get_probe(&key), Some(json!(first)));
+        // Same size, new bytes, new mtime: hashed again.
+        std::fs::write(&f, b"NOT really a gguf").unwrap();
+        let later = std::time::SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let second = blake3::hash(b"NOT really a gguf").to_hex().to_string();
+        assert_eq!(gguf_digest(&f, Some(&store)).unwrap(), second);
+        assert!(gguf_digest(&d.path().join("missing.gguf"), Some(&store)).is_err());
+    }
 }
