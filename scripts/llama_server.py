@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/llama_server.py --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
         --port 0 [--threads 1] [--ctx 4096] [--parallel 1] [--lora PATH[:SCALE]]... [--watch-stdin]
+        [--kv-f32]
 
 xllamacpp has no command-line entry point, hence this script. Protocol for the caller:
   * stdout carries exactly one line, `READY http://127.0.0.1:<port>`, printed (flushed) once
@@ -54,6 +55,8 @@ def parse_args():
     ap.add_argument("--parallel", type=int, default=1, help="parallel slots (default 1)")
     ap.add_argument("--lora", type=lora_arg, action="append", default=[],
                     metavar="PATH[:SCALE]", help="LoRA adapter GGUF (repeatable; scale 1.0)")
+    ap.add_argument("--kv-f32", action="store_true",
+                    help="f32 KV cache and no flash attention (reference numerics for tests)")
     ap.add_argument("--health-timeout", type=float, default=120.0, metavar="SECONDS")
     ap.add_argument("--watch-stdin", action="store_true",
                     help="exit when stdin reaches EOF (the parent went away)")
@@ -89,6 +92,12 @@ def main():
     params.n_ctx = a.ctx * a.parallel
     params.cpuparams.n_threads = a.threads
     params.cpuparams_batch.n_threads = a.threads
+    if a.kv_f32:
+        # Defaults are an f16 KV cache and (on CPU, "auto") flash attention with f16
+        # accumulation: fine for serving, but noise when comparing numerics with ours (f32).
+        params.cache_type_k = xllamacpp.ggml_type.GGML_TYPE_F32
+        params.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32
+        params.flash_attn_type = xllamacpp.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_DISABLED
     if a.lora:
         params.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(p, s) for p, s in a.lora]
 

@@ -237,7 +237,7 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
 }
 
 #[test]
-fn real_stages_not_yet_built_say_so_and_record_nothing() {
+fn a_missing_local_model_says_so_and_records_nothing() {
     let p = Project::new(1, 5.0);
     // `Project::cmd` passes --synthetic; run the binary directly for the real pipeline.
     let o = std::process::Command::new(common::BIN)
@@ -248,7 +248,12 @@ fn real_stages_not_yet_built_say_so_and_record_nothing() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("not implemented"), "{err}");
+    // The default pipeline's local GGUF is not in the throwaway project.
+    assert!(
+        err.contains("models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was recorded"), "{err}");
     assert!(p.records().is_empty());
 }
 

@@ -49,7 +49,7 @@ pub fn error(e: &anyhow::Error) -> ExitCode {
                 "hint: `pipe --synthetic build <target>` runs the engine with deterministic stand-in stages"
             ),
             StageError::Infra(_) => eprintln!(
-                "hint: nothing was recorded for this item; fix the server and rerun to resume"
+                "hint: nothing was recorded for this item; fix the model server (or the local model file) and rerun to resume"
             ),
             _ => {}
         }

@@ -10,6 +10,8 @@
 //! broken — refused connection, timeout, 429/5xx, malformed JSON, no choices — is an
 //! [`LlmError`] and must never be recorded as a failed trial.
 
+pub mod gguf_tokenizer;
+pub mod local;
 pub mod openai;
 
 use serde::{Deserialize, Serialize};

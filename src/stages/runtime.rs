@@ -10,11 +10,13 @@
 use crate::config::{Backend, Loaded, ModelSpec, Role};
 use crate::guard::PyEnv;
 use crate::llm::ChatModel;
+use crate::llm::local::LocalModel;
 use crate::llm::openai::{OpenAi, OpenAiConfig};
 use crate::store::Store;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Models, identities and the guard environment for one run of pipe.
@@ -90,7 +92,15 @@ impl Runtime {
         for (name, spec) in &loaded.config.models {
             let base = spec.identity();
             let id = match (*spec.backend.get_ref(), probe) {
-                (Backend::Openai, Probe::ConfigOnly) | (Backend::Local, _) => base,
+                (Backend::Openai, Probe::ConfigOnly) | (Backend::Local, Probe::ConfigOnly) => base,
+                (Backend::Local, _) => match local_identity(loaded, spec, store) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        probe_errors.insert(name.clone(), e.clone());
+                        // No digest, so nothing can have been computed from it yet.
+                        json!({"backend": "local", "gguf": spec.gguf, "gguf_blake3": null})
+                    }
+                },
                 (Backend::Openai, _) => {
                     let key = probe_name(name, spec);
                     let cached = store.and_then(|s| s.get_probe(&key));
@@ -176,12 +186,120 @@ impl Runtime {
                 }
                 Arc::new(openai_client(loaded, spec, None)?)
             }
-            Backend::Local => return Err(LOCAL_PENDING.into()),
+            Backend::Local => {
+                let path = gguf_path(loaded, spec)?;
+                let threads = spec.threads.map_or_else(
+                    || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    |t| t as usize,
+                );
+                Arc::new(LocalModel::load(&path, threads).map_err(|e| e.to_string())?)
+            }
         };
         clients.insert(name.to_string(), Arc::clone(&client));
         Ok(client)
     }
 }
 
-/// Why the local backend cannot answer yet.
-pub const LOCAL_PENDING: &str = "the local backend (candle in process): issue #6";
+/// Why a local model given by Ollama name or Hugging Face directory cannot run yet.
+pub const LOCAL_PENDING: &str =
+    "local models from `ollama` or `hf_dir`: not yet (issue #6); give a `gguf` file";
+
+/// The GGUF file of a local model, resolved against the config's directory.
+fn gguf_path(loaded: &Loaded, spec: &ModelSpec) -> Result<PathBuf, String> {
+    match &spec.gguf {
+        Some(g) => Ok(loaded.dir.join(g)),
+        None => Err(LOCAL_PENDING.into()),
+    }
+}
+
+/// A local model's identity: the blake3 of its GGUF, never its path (moving the file
+/// invalidates nothing; changing its bytes invalidates everything it answered).
+///
+/// Hashing a 1 GB file takes seconds and `status` builds a runtime too, so the digest is
+/// remembered per path, size and modification time: in memory for this process, and in the
+/// store's probe cache for the next one.
+fn local_identity(
+    loaded: &Loaded,
+    spec: &ModelSpec,
+    store: Option<&Store>,
+) -> Result<Value, String> {
+    let path = gguf_path(loaded, spec)?;
+    let digest = gguf_digest(&path, store)?;
+    Ok(json!({"backend": "local", "gguf_blake3": digest}))
+}
+
+/// The probe-cache key of a file's digest: its path, size and modification time.
+fn digest_key(path: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    Ok(format!(
+        "gguf-blake3|{}|{}|{mtime}",
+        canonical.display(),
+        meta.len()
+    ))
+}
+
+fn gguf_digest(path: &Path, store: Option<&Store>) -> Result<String, String> {
+    static MEMO: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    let key = digest_key(path)?;
+    let memo = MEMO.get_or_init(Default::default);
+    if let Some(d) = memo.lock().unwrap().get(&key) {
+        return Ok(d.clone());
+    }
+    if let Some(d) = store
+        .and_then(|s| s.get_probe(&key))
+        .and_then(|v| v.as_str().map(str::to_string))
+    {
+        memo.lock().unwrap().insert(key, d.clone());
+        return Ok(d);
+    }
+    let mut hasher = blake3::Hasher::new();
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    hasher
+        .update_reader(file)
+        .map_err(|e| format!("hashing {}: {e}", path.display()))?;
+    let d = hasher.finalize().to_hex().to_string();
+    if let Some(s) = store
+        && let Err(e) = s.put_probe(&key, &json!(d))
+    {
+        tracing::warn!("caching the digest of {}: {e}", path.display());
+    }
+    memo.lock().unwrap().insert(key, d.clone());
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreOptions;
+
+    #[test]
+    fn a_gguf_digest_is_its_blake3_cached_by_path_size_and_mtime() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("m.gguf");
+        std::fs::write(&f, b"not really a gguf").unwrap();
+        let store = Store::open(&d.path().join("s"), StoreOptions::default()).unwrap();
+        let first = blake3::hash(b"not really a gguf").to_hex().to_string();
+        assert_eq!(gguf_digest(&f, Some(&store)).unwrap(), first);
+        // The next process finds it in the store's probe cache.
+        let key = digest_key(&f).unwrap();
+        assert_eq!(store.get_probe(&key), Some(json!(first)));
+        // Same size, new bytes, new mtime: hashed again.
+        std::fs::write(&f, b"NOT really a gguf").unwrap();
+        let later = std::time::SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let second = blake3::hash(b"NOT really a gguf").to_hex().to_string();
+        assert_eq!(gguf_digest(&f, Some(&store)).unwrap(), second);
+        assert!(gguf_digest(&d.path().join("missing.gguf"), Some(&store)).is_err());
+    }
+}

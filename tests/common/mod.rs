@@ -120,6 +120,22 @@ lease_ttl_s = 30
         Project { dir }
     }
 
+    /// A real pipeline whose model `m` is the local backend on `gguf` (1 thread).
+    pub fn local(gguf: &Path, tasks: &[&str], trials: u32, rmax: u32) -> Project {
+        let p = Project::openai("http://unused", tasks, trials, rmax, "");
+        let path = p.path("pipeline.toml");
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "backend = \"openai\"\nbase_urls = [\"http://unused\"]\nname = \"test-model\"",
+            &format!(
+                "backend = \"local\"\ngguf = {:?}\nthreads = 1",
+                gguf.to_str().unwrap()
+            ),
+        );
+        assert!(text.contains("backend = \"local\""));
+        std::fs::write(&path, text).unwrap();
+        p
+    }
+
     /// Make the experiment a baseline study: drop the fine-tuned arm (and with it train,
     /// convert and eval from what `report` needs).
     pub fn baseline_only(&self) {

@@ -1,0 +1,151 @@
+//! The local backend (candle, in process) against llama.cpp (xllamacpp) on the same GGUF, the
+//! same prompt ids and the same thread count: prompt (prefill) and generation speed.
+//!
+//!     cargo bench --bench local_vs_llamacpp                 # SmolLM2-135M, 1 thread
+//!     PIPE_BENCH_GGUF=models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf PIPE_BENCH_THREADS=2 \
+//!         cargo bench --bench local_vs_llamacpp
+//!
+//! Prints one table. Each side runs the prompt once to warm up, then `PIPE_BENCH_REPS` times
+//! (default 3); the best run is reported, since on a shared machine noise only ever slows.
+
+#![allow(clippy::print_stdout)]
+
+use candle_transformers::generation::Sampling;
+use pipe::llm::local::LocalModel;
+use pipe::llm::{Message, Role};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+struct Server(Child, String);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn server(gguf: &Path, threads: usize) -> Server {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("scripts/llama_server.py"))
+        .args(["--model", gguf.to_str().unwrap(), "--port", "0"])
+        .args(["--threads", &threads.to_string(), "--ctx", "2048"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run scripts/setup.sh to make .venv");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("READY ")
+        .expect("READY")
+        .to_string();
+    Server(child, url)
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let gguf = root.join(
+        std::env::var("PIPE_BENCH_GGUF")
+            .unwrap_or_else(|_| "models/SmolLM2-135M-Instruct.Q4_1.gguf".into()),
+    );
+    let threads: usize = std::env::var("PIPE_BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1);
+    let reps: usize = std::env::var("PIPE_BENCH_REPS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(3);
+    let n_gen = 128;
+
+    let t = Instant::now();
+    let m = LocalModel::load(&gguf, threads).unwrap();
+    let load_s = t.elapsed().as_secs_f64();
+    let text = m
+        .render(&[
+            Message::new(Role::System, "You are a careful Python programmer."),
+            Message::new(
+                Role::User,
+                "Write pytest tests for a Stack class with push, pop, peek and size. \
+                 pop and peek on an empty stack raise IndexError. Cover every method.",
+            ),
+        ])
+        .unwrap();
+    let prompt = m.tokenizer().encode(&text).unwrap();
+
+    // Ours: prefill alone, then prefill + generation; generation speed from the difference.
+    let mut ours_pp: f64 = 0.0;
+    let mut ours_tg: f64 = 0.0;
+    let mut ours_n = 0;
+    for rep in 0..=reps {
+        let t = Instant::now();
+        m.next_logits(&prompt).unwrap();
+        let pp = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let g = m.generate(&prompt, n_gen, Sampling::ArgMax, 0).unwrap();
+        let total = t.elapsed().as_secs_f64();
+        if rep > 0 {
+            ours_pp = ours_pp.max(prompt.len() as f64 / pp);
+            ours_tg = ours_tg.max(g.ids.len() as f64 / (total - pp).max(1e-9));
+            ours_n = g.ids.len();
+        }
+    }
+
+    let srv = server(&gguf, threads);
+    let http = reqwest::blocking::Client::new();
+    let mut theirs_pp: f64 = 0.0;
+    let mut theirs_tg: f64 = 0.0;
+    let mut theirs_n = 0;
+    for rep in 0..=reps {
+        let v: Value = http
+            .post(format!("{}/completion", srv.1))
+            .json(&json!({
+                "prompt": prompt,
+                "n_predict": ours_n.max(1),
+                "temperature": 0.0,
+                "cache_prompt": false,
+                "ignore_eos": true,
+            }))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if rep > 0 {
+            let tm = &v["timings"];
+            theirs_pp = theirs_pp.max(tm["prompt_per_second"].as_f64().unwrap());
+            theirs_tg = theirs_tg.max(tm["predicted_per_second"].as_f64().unwrap());
+            theirs_n = tm["predicted_n"].as_u64().unwrap();
+        }
+    }
+    println!(
+        "{} — {threads} thread(s), prompt {} tokens, best of {reps}",
+        gguf.file_name().unwrap().to_string_lossy(),
+        prompt.len()
+    );
+    println!("ours loaded in {load_s:.2} s");
+    println!(
+        "{:<22} {:>14} {:>14} {:>6}",
+        "", "prompt tok/s", "gen tok/s", "gen n"
+    );
+    println!(
+        "{:<22} {:>14.1} {:>14.1} {:>6}",
+        "pipe local (candle)", ours_pp, ours_tg, ours_n
+    );
+    println!(
+        "{:<22} {:>14.1} {:>14.1} {:>6}",
+        "llama.cpp (xllamacpp)", theirs_pp, theirs_tg, theirs_n
+    );
+    println!(
+        "{:<22} {:>14.2} {:>14.2}",
+        "ours / llama.cpp",
+        ours_pp / theirs_pp,
+        ours_tg / theirs_tg
+    );
+}

@@ -1,0 +1,62 @@
+//! The trial stage end to end on the local backend: SmolLM2-135M run in process by candle, no
+//! server anywhere. The model is weak; what this shows is that trials are recorded with real
+//! replies, real token counts and real guard verdicts, and that the model's identity is its
+//! file's digest.
+
+mod common;
+
+use common::Project;
+use std::path::Path;
+
+#[test]
+fn a_trial_on_the_local_backend() {
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        gguf.exists(),
+        "{} is missing: run scripts/setup.sh",
+        gguf.display()
+    );
+    let p = Project::local(&gguf, &["stack"], 1, 0);
+    let cfg = std::fs::read_to_string(p.path("pipeline.toml"))
+        .unwrap()
+        .replace("max_tokens = 512", "max_tokens = 128")
+        .replace("request_timeout_s = 2", "request_timeout_s = 120");
+    std::fs::write(p.path("pipeline.toml"), cfg).unwrap();
+    p.baseline_only();
+    let o = p.real(&["build", "trial"]).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let trials = p.trials("trial");
+    if let Ok(dir) = std::env::var("PIPE_KEEP_TRIALS") {
+        std::fs::write(
+            Path::new(&dir).join("trials.json"),
+            serde_json::to_string_pretty(&trials).unwrap(),
+        )
+        .unwrap();
+    }
+    assert_eq!(trials.len(), 1);
+    for (id, t) in &trials {
+        let attempts = t["attempts"].as_array().unwrap();
+        // rmax 0: one try at the tests, and one at the implementation if they were accepted.
+        assert!(!attempts.is_empty() && attempts.len() <= 2, "{id}");
+        for a in attempts {
+            let reply = a["reply"].as_str().unwrap();
+            assert!(!reply.is_empty(), "{id}: a real reply");
+            let n = a["completion_tokens"].as_u64().unwrap();
+            assert!(n > 0 && n <= 128, "{id}: {n} tokens");
+            assert!(a["prompt_tokens"].as_u64().unwrap() > 0, "{id}");
+            assert!(a["verdict"].is_object(), "{id}: a real verdict");
+            assert_eq!(a["passed"] == true, a["feedback"] == "", "{id}");
+        }
+        let last = attempts.last().unwrap();
+        assert_eq!(t["passed"] == true, last["passed"] == true, "{id}");
+    }
+    // Nothing changed: a second build does nothing, and status says so without a model.
+    let st = p.real(&["status"]).output().unwrap();
+    let st = String::from_utf8_lossy(&st.stdout);
+    assert!(st.contains("trial    up to date (1 item)"), "{st}");
+}
