@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pipe and its test suite need, idempotently; quick when everything is present.
 #
-#   scripts/setup.sh                       # CI default: Rust deps, bwrap, venv, SmolLM2 only
-#   scripts/setup.sh --models all          # also the Qwen2.5-Coder 0.5B and 1.5B GGUFs
+#   scripts/setup.sh                       # CI default: Rust deps, bwrap, venv, SmolLM2 + Qwen 0.5B
+#   scripts/setup.sh --models all          # also the Qwen2.5-Coder 1.5B GGUF (the default experiment)
 #   scripts/setup.sh --models smollm2,qwen1.5b
 #   PIPE_MODELS=none scripts/setup.sh      # same choice through the environment
 #
@@ -19,7 +19,8 @@ REPO=$(pwd)
 
 # ---------------------------------------------------------------------------------------------
 # Arguments
-MODELS=${PIPE_MODELS:-smollm2}
+# The test suite needs SmolLM2 (generation) and the Qwen 0.5B (tokenizer ids vs llama.cpp).
+MODELS=${PIPE_MODELS:-smollm2,qwen0.5b}
 while [ $# -gt 0 ]; do
   case "$1" in
     --models) MODELS=${2:?--models needs a list}; shift 2 ;;
