@@ -176,8 +176,8 @@ fn softmax(logits: &[f32]) -> Vec<f64> {
 /// activations to 8 bits for the q4 dot products, but llama.cpp does it in its own kernels
 /// (AMX ones on this CI's CPUs) and accumulates in another order: even after one token the
 /// log-probabilities differ by up to 0.05 nats; after a 50-token prompt the largest top-10
-/// difference seen was 0.021 (p 0.745 against 0.766).
-const PROB_TOLERANCE: f64 = 0.03;
+/// difference seen was 0.021 (p 0.745 against 0.766); the bound leaves room for other CPUs.
+const PROB_TOLERANCE: f64 = 0.05;
 /// Greedy tokens that must agree.
 const GREEDY_TOKENS: usize = 32;
 /// The prompt for the greedy comparison: the project's own kind of request. Greedy decoding
@@ -223,6 +223,12 @@ fn check_greedy(rel: &'static str) {
     );
     let theirs: Vec<u32> = serde_json::from_value(reply["tokens"].clone()).unwrap();
     assert_eq!(theirs.len(), GREEDY_TOKENS, "{reply}");
+    let per_token = reply["completion_probabilities"].as_array().map(Vec::len);
+    assert_eq!(
+        per_token,
+        Some(GREEDY_TOKENS),
+        "top-10 at every generated position"
+    );
 
     // Next-token probabilities after the prompt: the same top-10, within the tolerance.
     let probs = softmax(&m.next_logits(&prompt).unwrap());
@@ -259,13 +265,36 @@ fn check_greedy(rel: &'static str) {
         .zip(&theirs)
         .take_while(|(a, b)| a == b)
         .count();
-    assert_eq!(
-        agree,
-        GREEDY_TOKENS,
-        "ours {:?}\nllama.cpp {:?}\nours: {:?}\nllama.cpp: {:?}",
+    let why = format!(
+        "agree for {agree} tokens\nours {:?}\nllama.cpp {:?}\nours: {:?}\nllama.cpp: {:?}",
         ours.ids,
         theirs,
         m.tokenizer().decode(&ours.ids).unwrap(),
         reply["content"]
     );
+    if agree < GREEDY_TOKENS {
+        // On this machine all 32 agree. Another CPU changes llama.cpp's kernels (and so its
+        // rounding): a parting is accepted only late, and only at a near-tie of llama.cpp's own
+        // top two where we took its second choice. A wrong model parts early, at a clear winner.
+        assert!(agree >= MIN_GREEDY_AGREE, "{why}");
+        let at = &reply["completion_probabilities"][agree]["top_logprobs"];
+        let (first, second) = (
+            at[0]["logprob"].as_f64().unwrap(),
+            at[1]["logprob"].as_f64().unwrap(),
+        );
+        assert!(
+            first - second < NEAR_TIE_NATS,
+            "parted at a clear winner ({first} vs {second}): {why}"
+        );
+        assert_eq!(
+            Some(u64::from(ours.ids[agree])),
+            at[1]["id"].as_u64(),
+            "{why}"
+        );
+    }
 }
+
+/// The earliest a parting at a near-tie is accepted (see [`check_greedy`]).
+const MIN_GREEDY_AGREE: usize = 16;
+/// llama.cpp's top-two log-probability margin below which its choice is a near-tie.
+const NEAR_TIE_NATS: f64 = 0.3;
