@@ -10,44 +10,15 @@
 
 #![allow(clippy::print_stdout)]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use candle_transformers::generation::Sampling;
 use pipe::llm::local::LocalModel;
 use pipe::llm::{Message, Role};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Instant;
-
-struct Server(Child, String);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn server(gguf: &Path, threads: usize) -> Server {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("scripts/llama_server.py"))
-        .args(["--model", gguf.to_str().unwrap(), "--port", "0"])
-        .args(["--threads", &threads.to_string(), "--ctx", "2048"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run scripts/setup.sh to make .venv");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("READY ")
-        .expect("READY")
-        .to_string();
-    Server(child, url)
-}
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -98,14 +69,14 @@ fn main() {
         }
     }
 
-    let srv = server(&gguf, threads);
+    let srv = common::LlamaServer::start(gguf.to_str().unwrap(), threads as u32, 2048, 1, &[]);
     let http = reqwest::blocking::Client::new();
     let mut theirs_pp: f64 = 0.0;
     let mut theirs_tg: f64 = 0.0;
     let mut theirs_n = 0;
     for rep in 0..=reps {
         let v: Value = http
-            .post(format!("{}/completion", srv.1))
+            .post(format!("{}/completion", srv.url))
             .json(&json!({
                 "prompt": prompt,
                 "n_predict": ours_n.max(1),

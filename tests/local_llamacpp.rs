@@ -8,20 +8,13 @@ use pipe::llm::gguf_tokenizer::GgufTokenizer;
 use pipe::llm::local::LocalModel;
 use pipe::llm::{Message, Role};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
+
+use common::LlamaServer;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const QWEN_05B: &str = "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
-
-/// A llama.cpp server that lives as long as the test process: `--watch-stdin` makes it exit
-/// when the pipe we hold closes, which happens when this process ends.
-struct Server {
-    _child: Child,
-    url: String,
-}
 
 fn model(rel: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
@@ -33,38 +26,16 @@ fn model(rel: &str) -> PathBuf {
     p
 }
 
-fn start(rel: &str) -> Server {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new(common::venv().join("bin/python"))
-        .arg(root.join("scripts/llama_server.py"))
-        .args(["--model", model(rel).to_str().unwrap()])
-        .args(["--port", "0", "--threads", "1", "--ctx", "2048"])
-        .args(["--watch-stdin", "--kv-f32"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run scripts/setup.sh to make .venv");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("READY ")
-        .unwrap_or_else(|| panic!("llama_server.py said {line:?}"))
-        .to_string();
-    Server { _child: child, url }
-}
-
-fn server(rel: &'static str) -> &'static Server {
-    static SMOL: OnceLock<Server> = OnceLock::new();
-    static QWEN: OnceLock<Server> = OnceLock::new();
+/// One llama.cpp server per model for the whole test process (f32 KV cache: see
+/// [`PROB_TOLERANCE`]).
+fn server(rel: &'static str) -> &'static LlamaServer {
+    static SMOL: OnceLock<LlamaServer> = OnceLock::new();
+    static QWEN: OnceLock<LlamaServer> = OnceLock::new();
     let cell = if rel == SMOLLM2 { &SMOL } else { &QWEN };
-    cell.get_or_init(|| start(rel))
+    cell.get_or_init(|| LlamaServer::start(rel, 1, 2048, 1, &["--kv-f32"]))
 }
 
-fn post(srv: &Server, path: &str, body: Value) -> Value {
+fn post(srv: &LlamaServer, path: &str, body: Value) -> Value {
     reqwest::blocking::Client::builder()
         .timeout(std::time::Duration::from_secs(300))
         .build()
@@ -79,7 +50,7 @@ fn post(srv: &Server, path: &str, body: Value) -> Value {
         .unwrap()
 }
 
-fn llama_tokenize(srv: &Server, text: &str) -> Vec<u32> {
+fn llama_tokenize(srv: &LlamaServer, text: &str) -> Vec<u32> {
     let v = post(
         srv,
         "/tokenize",

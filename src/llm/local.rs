@@ -76,6 +76,14 @@ pub enum LocalError {
     },
 }
 
+impl LocalError {
+    /// `map_err` for a candle call on the model at `path`, doing `what`.
+    fn candle(what: &'static str, path: &Path) -> impl FnOnce(candle_core::Error) -> LocalError {
+        let path = path.to_path_buf();
+        move |source| LocalError::Candle { what, path, source }
+    }
+}
+
 impl From<LocalError> for LlmError {
     fn from(e: LocalError) -> LlmError {
         LlmError::Setup(e.to_string())
@@ -156,13 +164,7 @@ impl Loaded {
             path: path.to_path_buf(),
             source,
         };
-        let candle = |what| {
-            move |source| LocalError::Candle {
-                what,
-                path: path.to_path_buf(),
-                source,
-            }
-        };
+        let candle = |what| LocalError::candle(what, path);
         let mut file = std::fs::File::open(path).map_err(io)?;
         let ct = gguf_file::Content::read(&mut file).map_err(candle("reading the GGUF header"))?;
         let tokenizer =
@@ -296,13 +298,7 @@ impl LocalModel {
     /// The logits for the token after `ids` (a fresh sequence), as f32.
     pub fn next_logits(&self, ids: &[u32]) -> Result<Vec<f32>, LocalError> {
         let l = &self.inner;
-        let candle = |what| {
-            move |source| LocalError::Candle {
-                what,
-                path: l.path.clone(),
-                source,
-            }
-        };
+        let candle = |what| LocalError::candle(what, &l.path);
         self.pool.install(|| {
             let mut w = l.weights.session();
             let x = Tensor::new(ids, &Device::Cpu)
@@ -326,13 +322,7 @@ impl LocalModel {
         seed: u64,
     ) -> Result<Generation, LocalError> {
         let l = &self.inner;
-        let candle = |what| {
-            move |source| LocalError::Candle {
-                what,
-                path: l.path.clone(),
-                source,
-            }
-        };
+        let candle = |what| LocalError::candle(what, &l.path);
         self.pool.install(|| {
             let mut w = l.weights.session();
             let mut sampler = LogitsProcessor::from_sampling(seed, sampling);

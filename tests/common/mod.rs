@@ -287,11 +287,19 @@ impl Drop for LlamaServer {
 }
 
 impl LlamaServer {
-    /// Start it with `parallel` slots of `ctx` tokens each, one thread per slot.
-    pub fn smollm2(parallel: u32, ctx: u32) -> LlamaServer {
+    /// Start it on `model` (relative to the repo) with `parallel` slots of `ctx` tokens each
+    /// and `threads` threads, plus `extra` arguments of scripts/llama_server.py. The server
+    /// also exits when this process does (`--watch-stdin`), even if it is never dropped.
+    pub fn start(
+        model: &str,
+        threads: u32,
+        ctx: u32,
+        parallel: u32,
+        extra: &[&str],
+    ) -> LlamaServer {
         use std::io::BufRead;
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let model = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let model = root.join(model);
         assert!(
             model.exists(),
             "{} is missing: run scripts/setup.sh",
@@ -299,20 +307,11 @@ impl LlamaServer {
         );
         let mut child = Command::new(venv().join("bin/python"))
             .arg(root.join("scripts/llama_server.py"))
-            .args([
-                "--model",
-                model.to_str().unwrap(),
-                "--port",
-                "0",
-                "--threads",
-                "1",
-            ])
-            .args([
-                "--ctx",
-                &ctx.to_string(),
-                "--parallel",
-                &parallel.to_string(),
-            ])
+            .args(["--model", model.to_str().unwrap(), "--port", "0"])
+            .args(["--threads", &threads.to_string(), "--ctx", &ctx.to_string()])
+            .args(["--parallel", &parallel.to_string(), "--watch-stdin"])
+            .args(extra)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -327,6 +326,17 @@ impl LlamaServer {
             .unwrap_or_else(|| panic!("llama_server.py said {line:?}"))
             .to_string();
         LlamaServer { child, url }
+    }
+
+    /// SmolLM2 with `parallel` slots of `ctx` tokens each, one thread per slot.
+    pub fn smollm2(parallel: u32, ctx: u32) -> LlamaServer {
+        Self::start(
+            "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+            1,
+            ctx,
+            parallel,
+            &[],
+        )
     }
 }
 
