@@ -20,8 +20,10 @@
 #      candle-kernels, ...) never touch the repo's Cargo.lock.
 #   4. `target-cuda`: its own target dir, so the CPU build stays untouched; candle-kernels (~14
 #      min of the ~20 min clean build on 2 cores) stays cached there. Cargo runs under nice -n 19.
-#   5. `.cuda/dist`: what to carry to the GPU machine: a stripped `pipe` (rpath $ORIGIN) and
-#      libcudart.so.13. cuBLAS/cuRAND (>500 MB) come from the GPU machine's PyTorch wheels.
+#   5. `.cuda/dist` (~10 MB), what to carry to the GPU machine: `pipe.xz` (the stripped binary,
+#      ~63 MB unpacked, rpath $ORIGIN), libcudart.so.13 and `run.sh`, which unpacks pipe and puts
+#      the GPU machine's PyTorch cu13 libraries (cuBLAS/cuRAND, >500 MB) on LD_LIBRARY_PATH.
+#      There: the device tool's run with carry [".cuda/dist"], command `.cuda/dist/run.sh ARGS`.
 # Environment: CUDA_COMPUTE_CAP (default 90), CUDA_BUILD_JOBS (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
