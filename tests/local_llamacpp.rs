@@ -97,7 +97,7 @@ fn check_tokenizer(rel: &'static str, extra: &[&str]) {
     let mut texts = samples();
     texts.extend(extra.iter().map(|s| s.to_string()));
     // The chat template's own output, system prompt and generation prompt included.
-    let m = LocalModel::load(&model(rel), 1).unwrap();
+    let m = LocalModel::load(&model(rel)).unwrap();
     texts.push(
         m.render(&[
             Message::new(Role::System, "You write pytest tests."),
@@ -172,7 +172,7 @@ fn qwen_greedy_generation_and_probabilities_equal_llama_cpp() {
 
 fn check_greedy(rel: &'static str) {
     let srv = server(rel);
-    let m = LocalModel::load(&model(rel), 1).unwrap();
+    let m = LocalModel::load(&model(rel)).unwrap();
     let text = m
         .render(&[Message::new(Role::User, GREEDY_PROMPT)])
         .unwrap();

@@ -273,7 +273,12 @@ impl GgufTokenizer {
         self.eos
     }
 
-    /// Does generation stop at this token (EOS, EOT, `<|im_end|>` and the like)?
+    /// The ids that stop generation (EOS, EOT, `<|im_end|>` and the like), sorted.
+    pub fn end_of_generation(&self) -> &[u32] {
+        &self.end_of_generation
+    }
+
+    /// Does generation stop at this token?
     pub fn ends_generation(&self, id: u32) -> bool {
         self.end_of_generation.binary_search(&id).is_ok()
     }

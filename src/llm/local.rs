@@ -1,20 +1,26 @@
-//! The `local` backend: a GGUF model run in process with candle on the CPU.
+//! The `local` backend: a GGUF model run in process with candle.
 //!
-//! Everything comes from the one file: the quantised weights (run by candle-transformers'
-//! `quantized_llama` / `quantized_qwen2`, which keep a KV cache per sequence), the tokenizer
-//! (rebuilt by [`super::gguf_tokenizer`] to match llama.cpp's ids) and the chat template
-//! (`tokenizer.chat_template`, rendered with minijinja the way Hugging Face renders it). A file
-//! is loaded once per process and shared: the weights are reference-counted tensors, so each
-//! request works on its own cheap clone with its own cache, and concurrent trials need no lock.
+//! Everything comes from the one file: the quantised weights (run by our
+//! [`Transformer`](super::transformer::Transformer), which keeps a KV cache per sequence), the
+//! tokenizer (rebuilt by [`super::gguf_tokenizer`] to match llama.cpp's ids) and the chat
+//! template (`tokenizer.chat_template`, rendered with minijinja the way Hugging Face renders
+//! it). A file is loaded once per process and shared.
+//!
+//! Concurrent trials are decoded as one batch: each [`LocalModel::chat`] hands its prompt to
+//! the model's decoding thread, which steps every live sequence together (a new prompt is read
+//! in the same step as the others' next tokens) so the weights are read once per step, not
+//! once per sequence. A sequence's tokens do not depend on its neighbours: each has its own
+//! cache and its own seeded sampler.
 
 use super::gguf_tokenizer::{GgufTokenizer, TokenizerError};
+use super::transformer::{SeqCache, Step, Transformer};
 use super::{ChatModel, ChatReply, ChatRequest, LlmError, Message};
+use candle_core::Device;
 use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::{quantized_llama, quantized_qwen2};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -66,12 +72,12 @@ pub enum LocalError {
         /// What went wrong.
         why: String,
     },
-    /// A thread pool could not be made.
-    #[error("a thread pool of {threads} threads: {why}")]
-    Threads {
-        /// Threads asked for.
-        threads: usize,
-        /// The cause.
+    /// The decoding thread failed or is gone.
+    #[error("{path}: decoding: {why}")]
+    Decode {
+        /// The model.
+        path: PathBuf,
+        /// What went wrong.
         why: String,
     },
 }
@@ -90,47 +96,21 @@ impl From<LocalError> for LlmError {
     }
 }
 
-/// The two architectures' weights. candle's llama weights can be cloned (the tensors are
-/// shared), so each sequence gets its own copy and KV cache; its qwen2 weights cannot, so
-/// qwen2 sequences take turns on the one copy.
-enum Weights {
-    Llama(quantized_llama::ModelWeights),
-    Qwen2(Mutex<quantized_qwen2::ModelWeights>),
-}
+/// The longest context we allocate rotary tables for, whatever the model claims (Qwen2.5
+/// claims 32768; a trial's prompt and reply stay far below this).
+pub const MAX_POSITIONS: usize = 16_384;
 
-/// One sequence's hold on the weights and its KV cache (which the first forward, at position
-/// 0, resets).
-enum Session<'a> {
-    Llama(Box<quantized_llama::ModelWeights>),
-    Qwen2(std::sync::MutexGuard<'a, quantized_qwen2::ModelWeights>),
-}
-
-impl Weights {
-    fn session(&self) -> Session<'_> {
-        match self {
-            Weights::Llama(m) => Session::Llama(Box::new(m.clone())),
-            Weights::Qwen2(m) => Session::Qwen2(m.lock().unwrap_or_else(|e| e.into_inner())),
-        }
-    }
-}
-
-impl Session<'_> {
-    fn forward(&mut self, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
-        match self {
-            Session::Llama(m) => m.forward(x, pos),
-            Session::Qwen2(m) => m.forward(x, pos),
-        }
-    }
-}
+/// Sequences decoded together at most; more requests wait for a free place.
+pub const MAX_BATCH: usize = 8;
 
 /// What one GGUF file holds, loaded once and shared by every [`LocalModel`] on it.
 struct Loaded {
     path: PathBuf,
     tokenizer: GgufTokenizer,
     template: String,
-    weights: Weights,
-    /// The longest sequence the model's rotary tables cover.
-    max_seq: usize,
+    model: Arc<Transformer>,
+    /// The decoding thread's inbox, started on first use.
+    batcher: OnceLock<Mutex<mpsc::Sender<Job>>>,
 }
 
 /// Models already loaded in this process, by canonical path.
@@ -142,7 +122,6 @@ fn loaded_models() -> &'static Mutex<HashMap<PathBuf, Arc<Loaded>>> {
 /// A GGUF model served in process.
 pub struct LocalModel {
     inner: Arc<Loaded>,
-    pool: rayon::ThreadPool,
 }
 
 /// One generation: ids out, and why it stopped.
@@ -152,6 +131,19 @@ pub struct Generation {
     pub ids: Vec<u32>,
     /// `stop` (an end-of-generation token) or `length` (the limit, or the context, was hit).
     pub finish_reason: &'static str,
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenRequest {
+    /// The prompt's token ids.
+    pub prompt: Vec<u32>,
+    /// At most this many new tokens.
+    pub max_tokens: usize,
+    /// How to pick each token.
+    pub sampling: Sampling,
+    /// The sampler's seed.
+    pub seed: u64,
 }
 
 fn read_metadata_string(ct: &gguf_file::Content, key: &str) -> Option<String> {
@@ -179,49 +171,183 @@ impl Loaded {
             }
         })?;
         let arch = read_metadata_string(&ct, "general.architecture").unwrap_or_default();
-        let ctx = ct
-            .metadata
-            .get(&format!("{arch}.context_length"))
-            .and_then(|v| v.to_u32().ok())
-            .map(|v| v as usize);
-        let device = Device::Cpu;
-        let (weights, max_seq) = match arch.as_str() {
-            "llama" => (
-                Weights::Llama(
-                    quantized_llama::ModelWeights::from_gguf(ct, &mut file, &device)
-                        .map_err(candle("loading llama weights"))?,
-                ),
-                // candle's llama precomputes rotary tables for this many positions only.
-                ctx.unwrap_or(quantized_llama::MAX_SEQ_LEN)
-                    .min(quantized_llama::MAX_SEQ_LEN),
-            ),
-            "qwen2" => (
-                Weights::Qwen2(Mutex::new(
-                    quantized_qwen2::ModelWeights::from_gguf(ct, &mut file, &device)
-                        .map_err(candle("loading qwen2 weights"))?,
-                )),
-                ctx.unwrap_or(32768),
-            ),
-            _ => {
-                return Err(LocalError::Architecture {
-                    path: path.to_path_buf(),
-                    arch,
-                });
-            }
-        };
+        if !super::gguf_model::ARCHITECTURES.contains(&arch.as_str()) {
+            return Err(LocalError::Architecture {
+                path: path.to_path_buf(),
+                arch,
+            });
+        }
+        let model = super::gguf_model::load(&ct, &mut file, &arch, MAX_POSITIONS, &Device::Cpu)
+            .map_err(candle("loading the weights"))?;
         Ok(Loaded {
             path: path.to_path_buf(),
             tokenizer,
             template,
-            weights,
-            max_seq,
+            model: Arc::new(model),
+            batcher: OnceLock::new(),
         })
+    }
+
+    /// The decoding thread's inbox (the thread starts on first use and lives as long as the
+    /// process: the model is cached for that long anyway).
+    fn batcher(self: &Arc<Self>) -> mpsc::Sender<Job> {
+        let tx = self.batcher.get_or_init(|| {
+            let (tx, rx) = mpsc::channel();
+            let model = Arc::clone(&self.model);
+            let stops = self.tokenizer.end_of_generation().to_vec();
+            std::thread::Builder::new()
+                .name("pipe-decode".into())
+                .spawn(move || batch_loop(&model, &stops, rx))
+                .expect("spawning the decoding thread");
+            Mutex::new(tx)
+        });
+        tx.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// A request waiting for the decoding thread, with where to send its answer.
+struct Job {
+    req: GenRequest,
+    reply: mpsc::Sender<Result<Generation, String>>,
+}
+
+/// One live sequence.
+struct Live {
+    cache: SeqCache,
+    /// Tokens to read at the next step: the prompt, then the last sampled token.
+    pending: Vec<u32>,
+    ids: Vec<u32>,
+    budget: usize,
+    sampler: LogitsProcessor,
+}
+
+/// The sequences decoded together, stepped one token at a time.
+struct Decoder<'m> {
+    model: &'m Transformer,
+    /// End-of-generation ids.
+    stops: &'m [u32],
+    live: Vec<(Live, mpsc::Sender<Result<Generation, String>>)>,
+}
+
+impl<'m> Decoder<'m> {
+    fn new(model: &'m Transformer, stops: &'m [u32]) -> Self {
+        Decoder {
+            model,
+            stops,
+            live: Vec::new(),
+        }
+    }
+
+    /// Take `req` in; a request with nothing to generate is answered at once.
+    fn admit(&mut self, req: GenRequest, reply: mpsc::Sender<Result<Generation, String>>) {
+        let budget = req
+            .max_tokens
+            .min(self.model.config.max_seq.saturating_sub(req.prompt.len()));
+        if budget == 0 || req.prompt.is_empty() {
+            let _ = reply.send(Ok(Generation {
+                ids: Vec::new(),
+                finish_reason: "length",
+            }));
+            return;
+        }
+        self.live.push((
+            Live {
+                cache: SeqCache::default(),
+                pending: req.prompt,
+                ids: Vec::new(),
+                budget,
+                sampler: LogitsProcessor::from_sampling(req.seed, req.sampling),
+            },
+            reply,
+        ));
+    }
+
+    /// One step of every live sequence; finished ones are answered and dropped.
+    fn step(&mut self) {
+        let mut steps: Vec<Step<'_>> = self
+            .live
+            .iter_mut()
+            .map(|(l, _)| Step {
+                tokens: &l.pending,
+                cache: &mut l.cache,
+            })
+            .collect();
+        let logits = self
+            .model
+            .forward(&mut steps)
+            .and_then(|t| t.to_device(&Device::Cpu));
+        let logits = match logits {
+            Ok(l) => l,
+            Err(e) => {
+                for (_, reply) in self.live.drain(..) {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+                return;
+            }
+        };
+        let mut i = 0;
+        self.live.retain_mut(|(l, reply)| {
+            let row = i;
+            i += 1;
+            let next = match logits.get(row).and_then(|r| l.sampler.sample(&r)) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = reply.send(Err(format!("sampling: {e}")));
+                    return false;
+                }
+            };
+            let finish = if self.stops.contains(&next) {
+                Some("stop")
+            } else {
+                l.ids.push(next);
+                (l.ids.len() >= l.budget).then_some("length")
+            };
+            match finish {
+                Some(finish_reason) => {
+                    let _ = reply.send(Ok(Generation {
+                        ids: std::mem::take(&mut l.ids),
+                        finish_reason,
+                    }));
+                    false
+                }
+                None => {
+                    l.pending = vec![next];
+                    true
+                }
+            }
+        });
+    }
+}
+
+/// The decoding thread: admit whoever is waiting (up to [`MAX_BATCH`]), step everyone, repeat;
+/// sleep when nobody is live.
+fn batch_loop(model: &Transformer, stops: &[u32], rx: mpsc::Receiver<Job>) {
+    let mut d = Decoder::new(model, stops);
+    loop {
+        if d.live.is_empty() {
+            match rx.recv() {
+                Ok(job) => d.admit(job.req, job.reply),
+                Err(_) => return,
+            }
+        }
+        while d.live.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => d.admit(job.req, job.reply),
+                Err(_) => break,
+            }
+        }
+        if !d.live.is_empty() {
+            d.step();
+        }
     }
 }
 
 impl LocalModel {
-    /// Load `path` (or reuse this process's copy) and run it on `threads` CPU threads.
-    pub fn load(path: &Path, threads: usize) -> Result<LocalModel, LocalError> {
+    /// Load `path` (or reuse this process's copy).
+    ///
+    /// candle sizes its CPU thread pools once per process from `CANDLE_NUM_THREADS` /
+    /// `RAYON_NUM_THREADS` (the CLI sets them from the pipeline's `threads`).
+    pub fn load(path: &Path) -> Result<LocalModel, LocalError> {
         let canonical = path.canonicalize().map_err(|source| LocalError::Io {
             path: path.to_path_buf(),
             source,
@@ -236,22 +362,17 @@ impl LocalModel {
                 l
             }
         };
-        drop(cache);
-        let threads = threads.max(1);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("pipe-local-{i}"))
-            .build()
-            .map_err(|e| LocalError::Threads {
-                threads,
-                why: e.to_string(),
-            })?;
-        Ok(LocalModel { inner, pool })
+        Ok(LocalModel { inner })
     }
 
     /// The tokenizer rebuilt from the GGUF.
     pub fn tokenizer(&self) -> &GgufTokenizer {
         &self.inner.tokenizer
+    }
+
+    /// The model itself.
+    pub fn transformer(&self) -> &Transformer {
+        &self.inner.model
     }
 
     /// The prompt text for `messages`: the GGUF's chat template, generation prompt added.
@@ -298,22 +419,14 @@ impl LocalModel {
     /// The logits for the token after `ids` (a fresh sequence), as f32.
     pub fn next_logits(&self, ids: &[u32]) -> Result<Vec<f32>, LocalError> {
         let l = &self.inner;
-        let candle = |what| LocalError::candle(what, &l.path);
-        self.pool.install(|| {
-            let mut w = l.weights.session();
-            let x = Tensor::new(ids, &Device::Cpu)
-                .and_then(|t| t.unsqueeze(0))
-                .map_err(candle("making the input"))?;
-            w.forward(&x, 0)
-                .and_then(|t| t.squeeze(0))
-                .and_then(|t| t.to_dtype(candle_core::DType::F32))
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(candle("running the model"))
-        })
+        l.model
+            .forward_one(ids, &mut SeqCache::default())
+            .map_err(LocalError::candle("running the model", &l.path))
     }
 
     /// Generate after `prompt` until an end-of-generation token, `max_tokens`, or the end of
-    /// the model's context.
+    /// the model's context — through the decoding thread, batched with whatever else is
+    /// being generated.
     pub fn generate(
         &self,
         prompt: &[u32],
@@ -321,40 +434,58 @@ impl LocalModel {
         sampling: Sampling,
         seed: u64,
     ) -> Result<Generation, LocalError> {
-        let l = &self.inner;
-        let candle = |what| LocalError::candle(what, &l.path);
-        self.pool.install(|| {
-            let mut w = l.weights.session();
-            let mut sampler = LogitsProcessor::from_sampling(seed, sampling);
-            let mut ids = Vec::new();
-            let mut input: Vec<u32> = prompt.to_vec();
-            let mut pos = 0;
-            let budget = max_tokens.min(l.max_seq.saturating_sub(prompt.len()));
-            while ids.len() < budget {
-                let x = Tensor::new(input.as_slice(), &Device::Cpu)
-                    .and_then(|t| t.unsqueeze(0))
-                    .map_err(candle("making the input"))?;
-                let logits = w
-                    .forward(&x, pos)
-                    .and_then(|t| t.squeeze(0))
-                    .and_then(|t| t.to_dtype(candle_core::DType::F32))
-                    .map_err(candle("running the model"))?;
-                pos += input.len();
-                let next = sampler.sample(&logits).map_err(candle("sampling"))?;
-                if l.tokenizer.ends_generation(next) {
-                    return Ok(Generation {
-                        ids,
-                        finish_reason: "stop",
-                    });
-                }
-                ids.push(next);
-                input = vec![next];
-            }
-            Ok(Generation {
-                ids,
-                finish_reason: "length",
+        let (reply, answer) = mpsc::channel();
+        let req = GenRequest {
+            prompt: prompt.to_vec(),
+            max_tokens,
+            sampling,
+            seed,
+        };
+        let gone = || LocalError::Decode {
+            path: self.inner.path.clone(),
+            why: "the decoding thread is gone".into(),
+        };
+        self.inner
+            .batcher()
+            .send(Job { req, reply })
+            .map_err(|_| gone())?;
+        answer
+            .recv()
+            .map_err(|_| gone())?
+            .map_err(|why| LocalError::Decode {
+                path: self.inner.path.clone(),
+                why,
             })
-        })
+    }
+
+    /// Generate for all of `reqs` as one batch on the calling thread (benchmarks and tests
+    /// use it to control exactly what is batched with what).
+    pub fn generate_batch(&self, reqs: &[GenRequest]) -> Result<Vec<Generation>, LocalError> {
+        let l = &self.inner;
+        let mut d = Decoder::new(&l.model, l.tokenizer.end_of_generation());
+        let answers: Vec<_> = reqs
+            .iter()
+            .map(|r| {
+                let (tx, rx) = mpsc::channel();
+                d.admit(r.clone(), tx);
+                rx
+            })
+            .collect();
+        while !d.live.is_empty() {
+            d.step();
+        }
+        answers
+            .into_iter()
+            .map(|rx| {
+                rx.recv()
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r)
+                    .map_err(|why| LocalError::Decode {
+                        path: l.path.clone(),
+                        why,
+                    })
+            })
+            .collect()
     }
 }
 
@@ -383,7 +514,7 @@ impl ChatModel for LocalModel {
                 path: self.inner.path.clone(),
                 source,
             })?;
-        if prompt.len() >= self.inner.max_seq {
+        if prompt.len() >= self.inner.model.config.max_seq {
             // A prompt the model cannot read is still a reply the guards can judge: empty.
             return Ok(ChatReply {
                 content: String::new(),

@@ -10,9 +10,13 @@
 //! broken — refused connection, timeout, 429/5xx, malformed JSON, no choices — is an
 //! [`LlmError`] and must never be recorded as a failed trial.
 
+pub mod adapter;
+pub mod f16_matmul;
+pub mod gguf_model;
 pub mod gguf_tokenizer;
 pub mod local;
 pub mod openai;
+pub mod transformer;
 
 use serde::{Deserialize, Serialize};
 

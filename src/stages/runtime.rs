@@ -188,11 +188,7 @@ impl Runtime {
             }
             Backend::Local => {
                 let path = gguf_path(loaded, spec)?;
-                let threads = spec.threads.map_or_else(
-                    || std::thread::available_parallelism().map_or(1, |n| n.get()),
-                    |t| t as usize,
-                );
-                Arc::new(LocalModel::load(&path, threads).map_err(|e| e.to_string())?)
+                Arc::new(LocalModel::load(&path).map_err(|e| e.to_string())?)
             }
         };
         clients.insert(name.to_string(), Arc::clone(&client));

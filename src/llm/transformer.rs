@@ -1,0 +1,493 @@
+//! A decoder-only transformer of the llama family (llama, qwen2), written for serving several
+//! sequences at once.
+//!
+//! Why our own and not candle-transformers' `quantized_llama` / `quantized_qwen2`: those keep
+//! one KV cache inside the weights and take one batch of equal-length rows, so concurrent
+//! trials could only take turns. Here the weights are shared and immutable, each sequence owns
+//! a [`SeqCache`], and one [`Transformer::forward`] takes any mix of sequences — a prompt being
+//! read next to others generating their next token — as one matrix of rows. Every projection
+//! (q, k, v, o, gate, up, down, the output head) is then one matmul over all the rows, so the
+//! weights are read from memory once per step whatever the number of sequences; only attention,
+//! which depends on each sequence's own cache, runs sequence by sequence.
+//!
+//! The other reason is LoRA: each projection is a [`Linear`] that can carry an adapter,
+//! applied unmerged (`W x + scale · B A x`) so the base weights stay quantised and shared.
+
+use super::f16_matmul;
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{D, DType, Device, Module, Result, Tensor};
+use half::f16;
+use std::sync::Arc;
+
+/// The shape of a model, read from its GGUF metadata or `config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Transformer blocks.
+    pub n_layer: usize,
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads (fewer than `n_head` with grouped-query attention).
+    pub n_kv_head: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// The residual stream's width.
+    pub hidden: usize,
+    /// RMSNorm's epsilon.
+    pub eps: f64,
+    /// Rotary base frequency.
+    pub rope_theta: f32,
+    /// Rotary embedding in halves (GPT-NeoX, Qwen, and every Hugging Face checkpoint) rather
+    /// than in adjacent pairs (llama.cpp's permuted llama weights).
+    pub rope_neox: bool,
+    /// The longest sequence: the rotary tables cover this many positions.
+    pub max_seq: usize,
+}
+
+/// The seven projections of a block, by their role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proj {
+    /// Query.
+    Q,
+    /// Key.
+    K,
+    /// Value.
+    V,
+    /// Attention output.
+    O,
+    /// MLP gate.
+    Gate,
+    /// MLP up.
+    Up,
+    /// MLP down.
+    Down,
+}
+
+impl Proj {
+    /// All seven, in block order.
+    pub const ALL: [Proj; 7] = [
+        Proj::Q,
+        Proj::K,
+        Proj::V,
+        Proj::O,
+        Proj::Gate,
+        Proj::Up,
+        Proj::Down,
+    ];
+
+    /// The tensor's name in a GGUF block (`blk.N.<this>.weight`).
+    pub fn gguf(self) -> &'static str {
+        match self {
+            Proj::Q => "attn_q",
+            Proj::K => "attn_k",
+            Proj::V => "attn_v",
+            Proj::O => "attn_output",
+            Proj::Gate => "ffn_gate",
+            Proj::Up => "ffn_up",
+            Proj::Down => "ffn_down",
+        }
+    }
+
+    /// The module's name in a Hugging Face / PEFT checkpoint (`model.layers.N.<this>`).
+    pub fn hf(self) -> &'static str {
+        match self {
+            Proj::Q => "self_attn.q_proj",
+            Proj::K => "self_attn.k_proj",
+            Proj::V => "self_attn.v_proj",
+            Proj::O => "self_attn.o_proj",
+            Proj::Gate => "mlp.gate_proj",
+            Proj::Up => "mlp.up_proj",
+            Proj::Down => "mlp.down_proj",
+        }
+    }
+
+    /// The projection whose PEFT module name ends in `name` (`q_proj`, `down_proj`, …).
+    pub fn from_hf_suffix(name: &str) -> Option<Proj> {
+        Proj::ALL
+            .into_iter()
+            .find(|p| p.hf().rsplit('.').next() == Some(name))
+    }
+
+    /// The projection whose GGUF name is `name` (`attn_q`, `ffn_down`, …).
+    pub fn from_gguf(name: &str) -> Option<Proj> {
+        Proj::ALL.into_iter().find(|p| p.gguf() == name)
+    }
+}
+
+/// A LoRA pair on one projection: `y += scale · B (A x)`.
+#[derive(Debug, Clone)]
+pub struct Lora {
+    /// `A`, (rank, in), f32.
+    pub a: Tensor,
+    /// `B`, (out, rank), f32.
+    pub b: Tensor,
+    /// `alpha / rank` (PEFT) or the adapter GGUF's equivalent, times the user's scale.
+    pub scale: f64,
+}
+
+/// A projection's weights, in the form that runs fastest where they live.
+#[derive(Debug, Clone)]
+enum Weight {
+    /// On the CPU: f16, (out, in) row-major — see [`f16_matmul`] for why.
+    Half(Arc<Vec<f16>>),
+    /// Elsewhere (CUDA): candle's quantised (or dense) matmul.
+    Candle(QMatMul),
+}
+
+/// One projection: its weights, an optional bias (qwen2's q/k/v), an optional LoRA adapter.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    w: Weight,
+    bias: Option<Tensor>,
+    lora: Option<Lora>,
+    out: usize,
+    inp: usize,
+}
+
+impl Linear {
+    /// A projection from a quantised tensor of shape (out, in).
+    pub fn new(w: Arc<QTensor>, bias: Option<Tensor>) -> Result<Linear> {
+        let (out, inp) = w.shape().dims2()?;
+        let w = match w.device() {
+            Device::Cpu => {
+                let t = w.dequantize_f16(&Device::Cpu)?.flatten_all()?;
+                Weight::Half(Arc::new(t.to_vec1::<f16>()?))
+            }
+            _ => Weight::Candle(QMatMul::from_arc(w)?),
+        };
+        Ok(Linear {
+            w,
+            bias,
+            lora: None,
+            out,
+            inp,
+        })
+    }
+
+    /// A projection from a dense tensor of shape (out, in) (a Hugging Face checkpoint).
+    pub fn dense(w: Tensor, bias: Option<Tensor>) -> Result<Linear> {
+        let (out, inp) = w.dims2()?;
+        let w = match w.device() {
+            Device::Cpu => Weight::Half(Arc::new(
+                w.to_dtype(DType::F16)?.flatten_all()?.to_vec1::<f16>()?,
+            )),
+            _ => Weight::Candle(QMatMul::Tensor(w.to_dtype(DType::F32)?)),
+        };
+        Ok(Linear {
+            w,
+            bias,
+            lora: None,
+            out,
+            inp,
+        })
+    }
+
+    /// (out, in).
+    pub fn shape(&self) -> (usize, usize) {
+        (self.out, self.inp)
+    }
+
+    /// The adapter on this projection, if any.
+    pub fn lora(&self) -> Option<&Lora> {
+        self.lora.as_ref()
+    }
+
+    /// Put `lora` on this projection, checking its shapes.
+    pub fn set_lora(&mut self, lora: Lora) -> Result<()> {
+        let (r, inp) = lora.a.dims2()?;
+        let (out, r2) = lora.b.dims2()?;
+        if inp != self.inp || out != self.out || r != r2 {
+            candle_core::bail!(
+                "LoRA shapes A {:?} and B {:?} do not fit a projection of (out {}, in {})",
+                lora.a.dims(),
+                lora.b.dims(),
+                self.out,
+                self.inp
+            );
+        }
+        self.lora = Some(Lora {
+            a: lora.a.to_dtype(DType::F32)?,
+            b: lora.b.to_dtype(DType::F32)?,
+            scale: lora.scale,
+        });
+        Ok(())
+    }
+
+    /// The base projection alone (no bias, no adapter), for rows `x` of shape (n, in).
+    pub fn base(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.w {
+            Weight::Candle(w) => w.forward(x),
+            Weight::Half(w) => {
+                let (m, k) = x.dims2()?;
+                if m < f16_matmul::ROWS_FOR_GEMM {
+                    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+                    let y = f16_matmul::matmul(&xs, m, k, w, self.out);
+                    Tensor::from_vec(y, (m, self.out), x.device())
+                } else {
+                    use half::slice::HalfFloatSliceExt;
+                    let mut wf = vec![0f32; w.len()];
+                    w.convert_to_f32_slice(&mut wf);
+                    let wf = Tensor::from_vec(wf, (self.out, self.inp), x.device())?;
+                    x.matmul(&wf.t()?)
+                }
+            }
+        }
+    }
+
+    /// `W x (+ bias) (+ scale · B A x)` for rows `x` of shape (n, in).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = self.base(x)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = &self.lora {
+            let d = x.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
+            y = (y + (d * l.scale)?)?;
+        }
+        Ok(y)
+    }
+}
+
+/// One block's weights.
+#[derive(Debug, Clone)]
+pub struct Block {
+    /// RMSNorm weight before attention.
+    pub attn_norm: Tensor,
+    /// The seven projections, in [`Proj::ALL`] order.
+    pub proj: [Linear; 7],
+    /// RMSNorm weight before the MLP.
+    pub ffn_norm: Tensor,
+}
+
+impl Block {
+    /// The projection `p`.
+    pub fn proj(&self, p: Proj) -> &Linear {
+        &self.proj[p as usize]
+    }
+
+    /// The projection `p`, to put an adapter on.
+    pub fn proj_mut(&mut self, p: Proj) -> &mut Linear {
+        &mut self.proj[p as usize]
+    }
+}
+
+/// One sequence's keys and values, layer by layer.
+#[derive(Debug, Clone, Default)]
+pub struct SeqCache {
+    kv: Vec<(Tensor, Tensor)>,
+    len: usize,
+}
+
+impl SeqCache {
+    /// Positions already read.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Nothing read yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// One sequence's part of a [`Transformer::forward`]: the tokens to read next, and its cache.
+pub struct Step<'a> {
+    /// Tokens to read (the whole prompt at first, then one generated token at a time).
+    pub tokens: &'a [u32],
+    /// The sequence's cache, extended by the step.
+    pub cache: &'a mut SeqCache,
+}
+
+/// The model: shared, immutable weights.
+#[derive(Debug, Clone)]
+pub struct Transformer {
+    /// Its shape.
+    pub config: Config,
+    /// Token embeddings, (vocab, hidden), f32.
+    pub embed: Tensor,
+    /// The blocks.
+    pub blocks: Vec<Block>,
+    /// The final RMSNorm's weight.
+    pub norm: Tensor,
+    /// The output head, (vocab, hidden).
+    pub head: Linear,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+impl Transformer {
+    /// Assemble a model; the rotary tables are computed here.
+    pub fn new(
+        config: Config,
+        embed: Tensor,
+        blocks: Vec<Block>,
+        norm: Tensor,
+        head: Linear,
+    ) -> Result<Transformer> {
+        let device = embed.device().clone();
+        let half = config.head_dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| {
+                1.0 / config
+                    .rope_theta
+                    .powf(2.0 * i as f32 / config.head_dim as f32)
+            })
+            .collect();
+        let inv = Tensor::from_vec(inv, (1, half), &device)?;
+        let pos = Tensor::arange(0u32, config.max_seq as u32, &device)?
+            .to_dtype(DType::F32)?
+            .reshape((config.max_seq, 1))?;
+        let angles = pos.matmul(&inv)?;
+        Ok(Transformer {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+            config,
+            embed: embed.to_dtype(DType::F32)?,
+            blocks,
+            norm,
+            head,
+            device,
+        })
+    }
+
+    /// Where the model runs.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn rope(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
+        let (_, _, len, _) = x.dims4()?;
+        let cos = self.cos.narrow(0, pos, len)?;
+        let sin = self.sin.narrow(0, pos, len)?;
+        if self.config.rope_neox {
+            candle_nn::rotary_emb::rope(x, &cos, &sin)
+        } else {
+            candle_nn::rotary_emb::rope_i(x, &cos, &sin)
+        }
+    }
+
+    /// Causal attention of one sequence's `len` new queries over its whole cache.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize) -> Result<Tensor> {
+        let c = &self.config;
+        let (_, _, len, hd) = q.dims4()?;
+        let kv_len = pos + len;
+        let group = c.n_head / c.n_kv_head;
+        // Grouped-query attention without copying keys: the `group` query heads that share a
+        // key head become rows of one matrix against it.
+        let q = q.reshape((c.n_kv_head, group * len, hd))?;
+        let k = k.squeeze(0)?;
+        let v = v.squeeze(0)?;
+        let att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        let att = if len > 1 {
+            let mask: Vec<f32> = (0..len)
+                .flat_map(|i| {
+                    (0..kv_len).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (len, kv_len), &self.device)?;
+            att.reshape((c.n_kv_head, group, len, kv_len))?
+                .broadcast_add(&mask)?
+                .reshape((c.n_kv_head, group * len, kv_len))?
+        } else {
+            att
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        att.matmul(&v)?
+            .reshape((c.n_head, len, hd))?
+            .transpose(0, 1)?
+            .reshape((len, c.n_head * hd))
+    }
+
+    /// Read each step's tokens into its sequence and return, for each step, the logits (f32)
+    /// for the token after its last one: shape (steps, vocab).
+    ///
+    /// A row's result does not depend on which other rows share the step, up to the
+    /// rounding of the matmul kernel chosen for the step's total number of rows.
+    pub fn forward(&self, steps: &mut [Step<'_>]) -> Result<Tensor> {
+        let c = &self.config;
+        let mut ids = Vec::new();
+        let mut spans = Vec::with_capacity(steps.len());
+        for s in steps.iter() {
+            if s.tokens.is_empty() {
+                candle_core::bail!("a step with no tokens");
+            }
+            if s.cache.len + s.tokens.len() > c.max_seq {
+                candle_core::bail!(
+                    "{} positions exceed the model's {}",
+                    s.cache.len + s.tokens.len(),
+                    c.max_seq
+                );
+            }
+            spans.push((ids.len(), s.tokens.len(), s.cache.len));
+            ids.extend_from_slice(s.tokens);
+        }
+        let n = ids.len();
+        let ids = Tensor::from_vec(ids, n, &self.device)?;
+        let mut x = self.embed.index_select(&ids, 0)?;
+        let heads = |t: &Tensor, off: usize, len: usize, nh: usize| -> Result<Tensor> {
+            t.narrow(0, off, len)?
+                .reshape((len, nh, c.head_dim))?
+                .transpose(0, 1)?
+                .contiguous()?
+                .unsqueeze(0)
+        };
+        for (li, block) in self.blocks.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, c.eps as f32)?;
+            let q = block.proj(Proj::Q).forward(&h)?;
+            let k = block.proj(Proj::K).forward(&h)?;
+            let v = block.proj(Proj::V).forward(&h)?;
+            let mut outs = Vec::with_capacity(steps.len());
+            for (&(off, len, pos), step) in spans.iter().zip(steps.iter_mut()) {
+                let qs = self.rope(&heads(&q, off, len, c.n_head)?, pos)?;
+                let ks = self.rope(&heads(&k, off, len, c.n_kv_head)?, pos)?;
+                let vs = heads(&v, off, len, c.n_kv_head)?;
+                let cache = &mut step.cache.kv;
+                let (kc, vc) = if li < cache.len() {
+                    let (pk, pv) = &cache[li];
+                    (Tensor::cat(&[pk, &ks], 2)?, Tensor::cat(&[pv, &vs], 2)?)
+                } else {
+                    (ks, vs)
+                };
+                outs.push(self.attend(&qs, &kc, &vc, pos)?);
+                if li < cache.len() {
+                    cache[li] = (kc, vc);
+                } else {
+                    cache.push((kc, vc));
+                }
+            }
+            let a = if outs.len() == 1 {
+                outs.pop().expect("one output")
+            } else {
+                Tensor::cat(&outs, 0)?
+            };
+            x = (x + block.proj(Proj::O).forward(&a)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, c.eps as f32)?;
+            let g = block.proj(Proj::Gate).forward(&h)?;
+            let u = block.proj(Proj::Up).forward(&h)?;
+            let m = (candle_nn::ops::silu(&g)? * u)?;
+            x = (x + block.proj(Proj::Down).forward(&m)?)?;
+        }
+        for (&(_, len, _), step) in spans.iter().zip(steps.iter_mut()) {
+            step.cache.len += len;
+        }
+        let last: Vec<u32> = spans
+            .iter()
+            .map(|&(off, len, _)| (off + len - 1) as u32)
+            .collect();
+        let last = Tensor::from_vec(last, spans.len(), &self.device)?;
+        let x = x.index_select(&last, 0)?;
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, c.eps as f32)?;
+        self.head.forward(&x)?.to_dtype(DType::F32)
+    }
+
+    /// The logits of a single step (vocab,), on the CPU.
+    pub fn forward_one(&self, tokens: &[u32], cache: &mut SeqCache) -> Result<Vec<f32>> {
+        let logits = self.forward(&mut [Step { tokens, cache }])?;
+        logits.squeeze(0)?.to_device(&Device::Cpu)?.to_vec1()
+    }
+}
+
+/// `softmax` of f32 logits, for tests and tools that compare distributions.
+pub fn softmax(logits: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::softmax(logits, D::Minus1)
+}
