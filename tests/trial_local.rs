@@ -59,4 +59,59 @@ fn a_trial_on_the_local_backend() {
     let st = p.real(&["status"]).output().unwrap();
     let st = String::from_utf8_lossy(&st.stdout);
     assert!(st.contains("trial    up to date (1 item)"), "{st}");
+
+    // The same bytes named through Ollama's store: same identity, so nothing is stale.
+    let ollama = tempfile::tempdir().unwrap();
+    let models = ollama.path().join("models");
+    let manifest = models.join("manifests/registry.ollama.ai/library/smollm2/135m");
+    std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(models.join("blobs")).unwrap();
+    let blob = models.join("blobs/sha256-0123abcd");
+    if std::fs::hard_link(&gguf, &blob).is_err() {
+        std::fs::copy(&gguf, &blob).unwrap();
+    }
+    std::fs::write(
+        &manifest,
+        r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",
+            "layers":[{"mediaType":"application/vnd.ollama.image.model","digest":"sha256:0123abcd","size":1}]}"#,
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(p.path("pipeline.toml")).unwrap();
+    let line = cfg.lines().find(|l| l.starts_with("gguf = ")).unwrap();
+    std::fs::write(
+        p.path("pipeline.toml"),
+        cfg.replace(line, "ollama = \"smollm2:135m\""),
+    )
+    .unwrap();
+    let b = p
+        .real(&["build", "trial"])
+        .env("OLLAMA_MODELS", &models)
+        .output()
+        .unwrap();
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let st = p
+        .real(&["status"])
+        .env("OLLAMA_MODELS", &models)
+        .output()
+        .unwrap();
+    let st = String::from_utf8_lossy(&st.stdout);
+    assert!(st.contains("trial    up to date (1 item)"), "{st}");
+    // A name Ollama does not have is a clear error that says how to get it.
+    let cfg = std::fs::read_to_string(p.path("pipeline.toml")).unwrap();
+    std::fs::write(
+        p.path("pipeline.toml"),
+        cfg.replace("smollm2:135m", "smollm2:360m"),
+    )
+    .unwrap();
+    let b = p
+        .real(&["build", "trial"])
+        .env("OLLAMA_MODELS", &models)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&b.stderr);
+    assert!(!b.status.success(), "{err}");
+    assert!(
+        err.contains("smollm2:360m") && err.contains("ollama pull"),
+        "{err}"
+    );
 }

@@ -124,6 +124,17 @@ pub struct Bench {
     /// Also measure a store with ~100,000 item records (takes a few minutes to create).
     #[arg(long)]
     pub large: bool,
+    /// Instead, measure the local backend on this GGUF: prompt and generation tokens/s, one
+    /// sequence and batches of 4 and 8.
+    #[arg(long, value_name = "GGUF")]
+    pub local: Option<PathBuf>,
+    /// Where the local backend runs (with --local): `cpu`, or `cuda` in a build with the
+    /// `cuda` feature.
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: String,
+    /// Tokens generated per sequence (with --local).
+    #[arg(long, default_value_t = 64)]
+    pub tokens: usize,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,

@@ -60,6 +60,9 @@ fn median_ms(cfg: &Path, args: &[&str], runs: usize) -> Result<f64> {
 }
 
 pub fn run(args: &Args, b: &Bench) -> Result<Exit> {
+    if let Some(gguf) = &b.local {
+        return super::bench_local::run(gguf, &b.device, b.tokens, b.runs.min(3), b.json);
+    }
     let loaded = super::load(args)?;
     let tasks_dir = std::fs::canonicalize(loaded.dir.join(&loaded.config.experiment.tasks_dir))?;
     let tmp;

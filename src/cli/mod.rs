@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod bench_local;
 mod progress;
 mod render;
 

@@ -119,6 +119,11 @@ pub struct ModelSpec {
     pub name: Option<String>,
     /// Name of the environment variable holding the API key (openai); never the key itself.
     pub api_key_env: Option<String>,
+    /// A LoRA adapter for the local backend: a PEFT directory or a llama.cpp adapter GGUF,
+    /// relative to the config file; applied unmerged.
+    pub adapter: Option<String>,
+    /// The adapter's scale (default 1: as trained).
+    pub adapter_scale: Option<f64>,
     /// CPU threads for the local backend.
     pub threads: Option<u32>,
     /// How many times an infrastructure failure (refused, timeout, 429, 5xx, malformed
@@ -139,6 +144,8 @@ impl ModelSpec {
             "ollama": self.ollama,
             "hf_dir": self.hf_dir,
             "name": self.name,
+            "adapter": self.adapter,
+            "adapter_scale": self.adapter_scale,
         })
     }
 }
@@ -345,6 +352,9 @@ fn validate(cfg: &Config, err: &ErrAt<'_>) -> Result<(), ConfigError> {
                 Some("an openai model needs `base_urls`")
             }
             Backend::Openai if m.name.is_none() => Some("an openai model needs `name`"),
+            Backend::Openai if m.adapter.is_some() => {
+                Some("`adapter` is for the local backend (a server loads its own adapters)")
+            }
             _ => None,
         };
         if let Some(p) = problem {

@@ -60,7 +60,9 @@ pub enum TokenizerError {
     Tokenizers(String),
 }
 
-/// A tokenizer matching llama.cpp's for one GGUF, plus the special ids generation needs.
+/// A tokenizer matching llama.cpp's for one GGUF (or a Hugging Face directory's own), plus the
+/// special ids generation needs.
+#[derive(Clone)]
 pub struct GgufTokenizer {
     tok: Tokenizer,
     tokens: Vec<String>,
@@ -234,6 +236,70 @@ impl GgufTokenizer {
         })
     }
 
+    /// The tokenizer of a Hugging Face checkpoint directory: `tokenizer.json` as it is, the
+    /// special tokens from `tokenizer_config.json` and `generation_config.json`.
+    pub fn from_hf_dir(dir: &std::path::Path) -> Result<GgufTokenizer, TokenizerError> {
+        let read_json = |name: &str| -> Result<Option<serde_json::Value>, TokenizerError> {
+            let p = dir.join(name);
+            match std::fs::read_to_string(&p) {
+                Ok(t) => serde_json::from_str(&t)
+                    .map(Some)
+                    .map_err(|e| TokenizerError::Tokenizers(format!("{}: {e}", p.display()))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(TokenizerError::Tokenizers(format!("{}: {e}", p.display()))),
+            }
+        };
+        let path = dir.join("tokenizer.json");
+        let tok = Tokenizer::from_file(&path)
+            .map_err(|e| TokenizerError::Tokenizers(format!("{}: {e}", path.display())))?;
+        let vocab = tok.get_vocab(true);
+        let mut tokens =
+            vec![String::new(); vocab.values().map(|&i| i as usize + 1).max().unwrap_or(0)];
+        for (s, i) in vocab {
+            tokens[i as usize] = s;
+        }
+        let cfg = read_json("tokenizer_config.json")?.unwrap_or_default();
+        // `"eos_token": "<|im_end|>"` or `{"content": "<|im_end|>", …}`.
+        let special = |key: &str| -> Option<u32> {
+            let v = &cfg[key];
+            let text = v.as_str().or_else(|| v["content"].as_str())?;
+            tok.token_to_id(text)
+        };
+        let mut end_of_generation: Vec<u32> = special("eos_token").into_iter().collect();
+        if let Some(g) = read_json("generation_config.json")? {
+            match &g["eos_token_id"] {
+                serde_json::Value::Number(n) => {
+                    end_of_generation.extend(n.as_u64().map(|n| n as u32))
+                }
+                serde_json::Value::Array(a) => {
+                    end_of_generation.extend(a.iter().filter_map(|n| n.as_u64()).map(|n| n as u32))
+                }
+                _ => {}
+            }
+        }
+        for (id, t) in tok.get_added_tokens_decoder() {
+            if t.special && END_OF_TURN.contains(&t.content.as_str()) {
+                end_of_generation.push(id);
+            }
+        }
+        end_of_generation.sort_unstable();
+        end_of_generation.dedup();
+        let eos = *end_of_generation
+            .first()
+            .ok_or_else(|| TokenizerError::Metadata {
+                key: "eos_token".into(),
+                why: format!("{} names no end-of-sequence token", dir.display()),
+            })?;
+        Ok(GgufTokenizer {
+            bos: special("bos_token"),
+            eos: special("eos_token").unwrap_or(eos),
+            add_bos: cfg["add_bos_token"].as_bool().unwrap_or(false),
+            tok,
+            tokens,
+            end_of_generation,
+        })
+    }
+
     /// Token ids for `text`, special tokens written in it parsed as such (llama.cpp's
     /// `parse_special`), with the BOS token first where the GGUF asks for it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
@@ -281,6 +347,16 @@ impl GgufTokenizer {
     /// Does generation stop at this token?
     pub fn ends_generation(&self, id: u32) -> bool {
         self.end_of_generation.binary_search(&id).is_ok()
+    }
+
+    /// The `tokenizers` tokenizer underneath (to save as a `tokenizer.json`).
+    pub fn tokenizers(&self) -> &Tokenizer {
+        &self.tok
+    }
+
+    /// Whether [`encode`](Self::encode) puts the BOS token first.
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos
     }
 
     /// The vocabulary size.

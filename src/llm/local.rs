@@ -12,7 +12,9 @@
 //! once per sequence. A sequence's tokens do not depend on its neighbours: each has its own
 //! cache and its own seeded sampler.
 
+use super::adapter::Adapter;
 use super::gguf_tokenizer::{GgufTokenizer, TokenizerError};
+use super::source::Source;
 use super::transformer::{SeqCache, Step, Transformer};
 use super::{ChatModel, ChatReply, ChatRequest, LlmError, Message};
 use candle_core::Device;
@@ -72,6 +74,14 @@ pub enum LocalError {
         /// What went wrong.
         why: String,
     },
+    /// The LoRA adapter could not be read or does not fit the model.
+    #[error("adapter {path}: {why}")]
+    Adapter {
+        /// The adapter.
+        path: PathBuf,
+        /// What went wrong.
+        why: String,
+    },
     /// The decoding thread failed or is gone.
     #[error("{path}: decoding: {why}")]
     Decode {
@@ -113,9 +123,9 @@ struct Loaded {
     batcher: OnceLock<Mutex<mpsc::Sender<Job>>>,
 }
 
-/// Models already loaded in this process, by canonical path.
-fn loaded_models() -> &'static Mutex<HashMap<PathBuf, Arc<Loaded>>> {
-    static CACHE: OnceLock<Mutex<HashMap<PathBuf, Arc<Loaded>>>> = OnceLock::new();
+/// Models already loaded in this process, by canonical source and adapter.
+fn loaded_models() -> &'static Mutex<HashMap<String, Arc<Loaded>>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Loaded>>>> = OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 
@@ -151,7 +161,14 @@ fn read_metadata_string(ct: &gguf_file::Content, key: &str) -> Option<String> {
 }
 
 impl Loaded {
-    fn read(path: &Path) -> Result<Loaded, LocalError> {
+    fn read(source: &Source, device: &Device) -> Result<Loaded, LocalError> {
+        match source {
+            Source::Gguf(p) => Loaded::read_gguf(p, device),
+            Source::HfDir(d) => Loaded::read_hf(d, device),
+        }
+    }
+
+    fn read_gguf(path: &Path, device: &Device) -> Result<Loaded, LocalError> {
         let io = |source| LocalError::Io {
             path: path.to_path_buf(),
             source,
@@ -177,15 +194,51 @@ impl Loaded {
                 arch,
             });
         }
-        let model = super::gguf_model::load(&ct, &mut file, &arch, MAX_POSITIONS, &Device::Cpu)
+        let model = super::gguf_model::load(&ct, &mut file, &arch, MAX_POSITIONS, device)
             .map_err(candle("loading the weights"))?;
-        Ok(Loaded {
+        Ok(Loaded::new(path, tokenizer, template, model))
+    }
+
+    fn read_hf(dir: &Path, device: &Device) -> Result<Loaded, LocalError> {
+        let tokenizer =
+            GgufTokenizer::from_hf_dir(dir).map_err(|source| LocalError::Tokenizer {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        let template = super::hf_model::chat_template(dir).ok_or_else(|| LocalError::Template {
+            path: dir.to_path_buf(),
+            why: "no `chat_template` in tokenizer_config.json (nor chat_template.jinja)".into(),
+        })?;
+        let model = super::hf_model::load(dir, MAX_POSITIONS, device)
+            .map_err(LocalError::candle("loading the checkpoint", dir))?;
+        Ok(Loaded::new(dir, tokenizer, template, model))
+    }
+
+    fn new(path: &Path, tokenizer: GgufTokenizer, template: String, model: Transformer) -> Self {
+        Loaded {
             path: path.to_path_buf(),
             tokenizer,
             template,
             model: Arc::new(model),
             batcher: OnceLock::new(),
-        })
+        }
+    }
+
+    /// This model with `adapter` on, scaled by `scale`; the weights are shared.
+    fn with_adapter(&self, adapter: &Path, scale: f64) -> Result<Loaded, LocalError> {
+        let a = Adapter::read(adapter).map_err(|e| LocalError::Adapter {
+            path: adapter.to_path_buf(),
+            why: e.to_string(),
+        })?;
+        let model = a
+            .apply(&self.model, scale)
+            .map_err(LocalError::candle("applying the adapter", adapter))?;
+        Ok(Loaded::new(
+            &self.path,
+            self.tokenizer.clone(),
+            self.template.clone(),
+            model,
+        ))
     }
 
     /// The decoding thread's inbox (the thread starts on first use and lives as long as the
@@ -343,22 +396,66 @@ fn batch_loop(model: &Transformer, stops: &[u32], rx: mpsc::Receiver<Job>) {
 }
 
 impl LocalModel {
-    /// Load `path` (or reuse this process's copy).
+    /// Load the GGUF at `path` (or reuse this process's copy).
+    pub fn load(path: &Path) -> Result<LocalModel, LocalError> {
+        LocalModel::open(&Source::Gguf(path.to_path_buf()), None)
+    }
+
+    /// Load `source` (or reuse this process's copy), with a LoRA `adapter` (a PEFT directory
+    /// or an adapter GGUF, and its scale) applied unmerged.
     ///
     /// candle sizes its CPU thread pools once per process from `CANDLE_NUM_THREADS` /
     /// `RAYON_NUM_THREADS` (the CLI sets them from the pipeline's `threads`).
-    pub fn load(path: &Path) -> Result<LocalModel, LocalError> {
-        let canonical = path.canonicalize().map_err(|source| LocalError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        // Held while loading, so two trials asking at once load the file once.
+    pub fn open(source: &Source, adapter: Option<(&Path, f64)>) -> Result<LocalModel, LocalError> {
+        LocalModel::open_on(source, adapter, &Device::Cpu)
+    }
+
+    /// [`open`](Self::open) on `device` (a CUDA GPU with the `cuda` feature).
+    pub fn open_on(
+        source: &Source,
+        adapter: Option<(&Path, f64)>,
+        device: &Device,
+    ) -> Result<LocalModel, LocalError> {
+        let canonical = |p: &Path| {
+            p.canonicalize().map_err(|source| LocalError::Io {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let source = match source {
+            Source::Gguf(p) => Source::Gguf(canonical(p)?),
+            Source::HfDir(p) => Source::HfDir(canonical(p)?),
+        };
+        let adapter = match adapter {
+            Some((p, s)) => Some((canonical(p)?, s)),
+            None => None,
+        };
+        let dev = format!("{:?}", device.location());
+        let key = format!(
+            "{source:?}|{dev}|{:?}",
+            adapter.as_ref().map(|(p, s)| (p, s.to_bits()))
+        );
+        let base_key = format!("{source:?}|{dev}|None");
+        // Held while loading, so two trials asking at once load the files once.
         let mut cache = loaded_models().lock().unwrap_or_else(|e| e.into_inner());
-        let inner = match cache.get(&canonical) {
+        if let Some(l) = cache.get(&key) {
+            return Ok(LocalModel {
+                inner: Arc::clone(l),
+            });
+        }
+        let base = match cache.get(&base_key) {
             Some(l) => Arc::clone(l),
             None => {
-                let l = Arc::new(Loaded::read(&canonical)?);
-                cache.insert(canonical, Arc::clone(&l));
+                let l = Arc::new(Loaded::read(&source, device)?);
+                cache.insert(base_key, Arc::clone(&l));
+                l
+            }
+        };
+        let inner = match adapter {
+            None => base,
+            Some((p, scale)) => {
+                let l = Arc::new(base.with_adapter(&p, scale)?);
+                cache.insert(key, Arc::clone(&l));
                 l
             }
         };

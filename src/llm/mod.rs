@@ -14,8 +14,10 @@ pub mod adapter;
 pub mod f16_matmul;
 pub mod gguf_model;
 pub mod gguf_tokenizer;
+pub mod hf_model;
 pub mod local;
 pub mod openai;
+pub mod source;
 pub mod transformer;
 
 use serde::{Deserialize, Serialize};

@@ -10,8 +10,11 @@
 use crate::config::{Backend, Loaded, ModelSpec, Role};
 use crate::guard::PyEnv;
 use crate::llm::ChatModel;
+use crate::llm::adapter::{PEFT_CONFIG, PEFT_WEIGHTS};
+use crate::llm::hf_model;
 use crate::llm::local::LocalModel;
 use crate::llm::openai::{OpenAi, OpenAiConfig};
+use crate::llm::source::{Source, ollama_dirs, resolve_ollama};
 use crate::store::Store;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -98,7 +101,7 @@ impl Runtime {
                     Err(e) => {
                         probe_errors.insert(name.clone(), e.clone());
                         // No digest, so nothing can have been computed from it yet.
-                        json!({"backend": "local", "gguf": spec.gguf, "gguf_blake3": null})
+                        json!({"backend": "local", "model": spec.identity(), "blake3": null})
                     }
                 },
                 (Backend::Openai, _) => {
@@ -187,8 +190,12 @@ impl Runtime {
                 Arc::new(openai_client(loaded, spec, None)?)
             }
             Backend::Local => {
-                let path = gguf_path(loaded, spec)?;
-                Arc::new(LocalModel::load(&path).map_err(|e| e.to_string())?)
+                let files = local_files(loaded, spec)?;
+                let adapter = files
+                    .adapter
+                    .as_deref()
+                    .map(|a| (a, spec.adapter_scale.unwrap_or(1.0)));
+                Arc::new(LocalModel::open(&files.source, adapter).map_err(|e| e.to_string())?)
             }
         };
         clients.insert(name.to_string(), Arc::clone(&client));
@@ -197,21 +204,58 @@ impl Runtime {
 }
 
 /// Why a local model given by Ollama name or Hugging Face directory cannot run yet.
-pub const LOCAL_PENDING: &str =
-    "local models from `ollama` or `hf_dir`: not yet (issue #6); give a `gguf` file";
+/// A local model's files: what to load, and what to hash for its identity.
+struct LocalFiles {
+    source: Source,
+    /// The files whose bytes are the model (GGUF; or config, tokenizer and weights).
+    weights: Vec<PathBuf>,
+    /// The adapter (a PEFT directory or an adapter GGUF), if any.
+    adapter: Option<PathBuf>,
+}
 
-/// The GGUF file of a local model, resolved against the config's directory.
-fn gguf_path(loaded: &Loaded, spec: &ModelSpec) -> Result<PathBuf, String> {
-    match &spec.gguf {
-        Some(g) => Ok(loaded.dir.join(g)),
-        None => Err(LOCAL_PENDING.into()),
+fn local_files(loaded: &Loaded, spec: &ModelSpec) -> Result<LocalFiles, String> {
+    let mut adapter = spec.adapter.as_ref().map(|a| loaded.dir.join(a));
+    let (source, weights) = if let Some(g) = &spec.gguf {
+        let p = loaded.dir.join(g);
+        (Source::Gguf(p.clone()), vec![p])
+    } else if let Some(name) = &spec.ollama {
+        let m = resolve_ollama(name, &ollama_dirs()).map_err(|e| e.to_string())?;
+        if let Some(a) = m.adapter {
+            if adapter.is_some() {
+                return Err(format!(
+                    "Ollama model `{name}` has an adapter of its own; drop `adapter` or use its base model"
+                ));
+            }
+            adapter = Some(a);
+        }
+        (Source::Gguf(m.gguf.clone()), vec![m.gguf])
+    } else if let Some(d) = &spec.hf_dir {
+        let d = loaded.dir.join(d);
+        let files = hf_model::files(&d).map_err(|e| e.to_string())?;
+        (Source::HfDir(d), files)
+    } else {
+        return Err("a local model needs one of `gguf`, `ollama`, `hf_dir`".into());
+    };
+    Ok(LocalFiles {
+        source,
+        weights,
+        adapter,
+    })
+}
+
+/// The files of an adapter: a PEFT directory's two, or the GGUF.
+fn adapter_files(a: &Path) -> Vec<PathBuf> {
+    if a.is_dir() {
+        vec![a.join(PEFT_CONFIG), a.join(PEFT_WEIGHTS)]
+    } else {
+        vec![a.to_path_buf()]
     }
 }
 
-/// A local model's identity: the blake3 of its GGUF, never its path (moving the file
-/// invalidates nothing; changing its bytes invalidates everything it answered).
+/// A local model's identity: the blake3 of its files, never their paths (moving them
+/// invalidates nothing; changing their bytes invalidates everything the model answered).
 ///
-/// Hashing a 1 GB file takes seconds and `status` builds a runtime too, so the digest is
+/// Hashing a 1 GB file takes seconds and `status` builds a runtime too, so each digest is
 /// remembered per path, size and modification time: in memory for this process, and in the
 /// store's probe cache for the next one.
 fn local_identity(
@@ -219,9 +263,21 @@ fn local_identity(
     spec: &ModelSpec,
     store: Option<&Store>,
 ) -> Result<Value, String> {
-    let path = gguf_path(loaded, spec)?;
-    let digest = gguf_digest(&path, store)?;
-    Ok(json!({"backend": "local", "gguf_blake3": digest}))
+    let files = local_files(loaded, spec)?;
+    let digests = |ps: &[PathBuf]| -> Result<Vec<String>, String> {
+        ps.iter().map(|p| gguf_digest(p, store)).collect()
+    };
+    let mut id = match &files.source {
+        // The key a GGUF always had, so that naming the same file through Ollama changes
+        // nothing.
+        Source::Gguf(_) => json!({"backend": "local", "gguf_blake3": digests(&files.weights)?[0]}),
+        Source::HfDir(_) => json!({"backend": "local", "hf_blake3": digests(&files.weights)?}),
+    };
+    if let Some(a) = &files.adapter {
+        id["adapter_blake3"] = json!(digests(&adapter_files(a))?);
+        id["adapter_scale"] = json!(spec.adapter_scale.unwrap_or(1.0));
+    }
+    Ok(id)
 }
 
 /// The probe-cache key of a file's digest: its path, size and modification time.

@@ -1,7 +1,7 @@
 //! The `trial` stage (and `eval`'s declaration): one action per task × arm × trial index, each
 //! running the TDD workflow against the arm's model and recording every attempt.
 
-use super::runtime::{LOCAL_PENDING, Runtime};
+use super::runtime::Runtime;
 use super::trial_seed;
 use crate::config::{Loaded, Role};
 use crate::engine::{Context, Item, Job, Outputs, Shared, Stage, StageError};
@@ -125,16 +125,9 @@ fn run_trial(rt: &Runtime, job: &Job<'_>) -> Result<Outputs, StageError> {
         .find(|t| t.id == task_id)
         .ok_or_else(|| StageError::Failed(format!("no task {task_id:?}")))?;
     let arm = &l.config.arms[arm_name];
-    let model = rt.model(l, arm.model.get_ref()).map_err(|e| {
-        if e == LOCAL_PENDING {
-            StageError::Unavailable {
-                stage: "trial",
-                note: LOCAL_PENDING,
-            }
-        } else {
-            StageError::Infra(e)
-        }
-    })?;
+    let model = rt
+        .model(l, arm.model.get_ref())
+        .map_err(StageError::Infra)?;
     let env = rt.pyenv().map_err(StageError::Infra)?;
     let limits = limits(l);
     let prompts = Prompts::builtin();

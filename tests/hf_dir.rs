@@ -1,0 +1,173 @@
+//! A Hugging Face checkpoint directory on the local backend: SmolLM2's GGUF written out the
+//! way Hugging Face lays a llama checkpoint out (q/k un-permuted back to rotate-half order,
+//! tokenizer.json, tokenizer_config.json with the chat template), loaded back, must be the
+//! same model: same prompt ids, same logits up to rounding, same greedy tokens.
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use pipe::llm::local::LocalModel;
+use pipe::llm::source::Source;
+use pipe::llm::transformer::SeqCache;
+use pipe::llm::{Message, Role};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::Path;
+
+const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// llama.cpp's converter permutes q/k rows for rotation in adjacent pairs; undo it.
+fn unpermute(w: &Tensor, heads: usize) -> Tensor {
+    let (out, inp) = w.dims2().unwrap();
+    w.reshape((heads, out / heads / 2, 2, inp))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .reshape((out, inp))
+        .unwrap()
+}
+
+fn write_hf_dir(gguf: &Path, m: &LocalModel, dir: &Path) {
+    let mut f = std::fs::File::open(gguf).unwrap();
+    let ct = gguf_file::Content::read(&mut f).unwrap();
+    let md = |k: &str| ct.metadata[k].to_u32().unwrap() as usize;
+    let (heads, kv_heads) = (
+        md("llama.attention.head_count"),
+        md("llama.attention.head_count_kv"),
+    );
+    let names = [
+        ("attn_norm", "input_layernorm"),
+        ("ffn_norm", "post_attention_layernorm"),
+        ("attn_q", "self_attn.q_proj"),
+        ("attn_k", "self_attn.k_proj"),
+        ("attn_v", "self_attn.v_proj"),
+        ("attn_output", "self_attn.o_proj"),
+        ("ffn_gate", "mlp.gate_proj"),
+        ("ffn_up", "mlp.up_proj"),
+        ("ffn_down", "mlp.down_proj"),
+    ];
+    let mut out = HashMap::new();
+    let infos: Vec<String> = ct.tensor_infos.keys().cloned().collect();
+    for name in infos {
+        let t = ct
+            .tensor(&mut f, &name, &Device::Cpu)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap();
+        let hf = match name.as_str() {
+            "token_embd.weight" => "model.embed_tokens.weight".to_string(),
+            "output_norm.weight" => "model.norm.weight".to_string(),
+            "output.weight" => "lm_head.weight".to_string(),
+            _ => {
+                let parts: Vec<&str> = name.split('.').collect();
+                let (_, hf) = names.iter().find(|(g, _)| *g == parts[2]).unwrap();
+                format!("model.layers.{}.{hf}.{}", parts[1], parts[3])
+            }
+        };
+        let t = if name.ends_with("attn_q.weight") {
+            unpermute(&t, heads)
+        } else if name.ends_with("attn_k.weight") {
+            unpermute(&t, kv_heads)
+        } else {
+            t
+        };
+        out.insert(hf, t);
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    candle_core::safetensors::save(&out, dir.join("model.safetensors")).unwrap();
+    let f32_of = |k: &str| ct.metadata[k].to_f32().unwrap();
+    let config = json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": md("llama.embedding_length"),
+        "intermediate_size": md("llama.feed_forward_length"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "num_hidden_layers": md("llama.block_count"),
+        "rms_norm_eps": f32_of("llama.attention.layer_norm_rms_epsilon"),
+        "rope_theta": f32_of("llama.rope.freq_base"),
+        "max_position_embeddings": md("llama.context_length"),
+        "tie_word_embeddings": !ct.tensor_infos.contains_key("output.weight"),
+        "rope_scaling": null,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let tok = m.tokenizer();
+    tok.tokenizers()
+        .save(dir.join("tokenizer.json"), false)
+        .unwrap();
+    let template = ct.metadata["tokenizer.chat_template"]
+        .to_string()
+        .unwrap()
+        .clone();
+    let tc = json!({
+        "chat_template": template,
+        "eos_token": tok.token(tok.eos()).unwrap(),
+        "bos_token": tok.bos().and_then(|b| tok.token(b)),
+        "add_bos_token": tok.adds_bos(),
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+}
+
+#[test]
+fn an_hf_directory_is_the_same_model_as_its_gguf() {
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join(SMOLLM2);
+    assert!(
+        gguf.exists(),
+        "{} is missing: run scripts/setup.sh",
+        gguf.display()
+    );
+    let from_gguf = LocalModel::load(&gguf).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("smollm2-hf");
+    write_hf_dir(&gguf, &from_gguf, &dir);
+    let from_hf = LocalModel::open(&Source::HfDir(dir.clone()), None).unwrap();
+
+    let msgs = [Message::new(
+        Role::User,
+        "Write a Python function that reverses a list.",
+    )];
+    let text = from_gguf.render(&msgs).unwrap();
+    assert_eq!(text, from_hf.render(&msgs).unwrap());
+    let ids = from_gguf.tokenizer().encode(&text).unwrap();
+    assert_eq!(ids, from_hf.tokenizer().encode(&text).unwrap());
+    assert_eq!(
+        from_gguf.tokenizer().end_of_generation(),
+        from_hf.tokenizer().end_of_generation()
+    );
+
+    let a = from_gguf
+        .transformer()
+        .forward_one(&ids, &mut SeqCache::default())
+        .unwrap();
+    let b = from_hf
+        .transformer()
+        .forward_one(&ids, &mut SeqCache::default())
+        .unwrap();
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-2, "logits differ by up to {worst}");
+
+    let greedy = |m: &LocalModel| {
+        m.generate(
+            &ids,
+            24,
+            candle_transformers::generation::Sampling::ArgMax,
+            0,
+        )
+        .unwrap()
+        .ids
+    };
+    assert_eq!(greedy(&from_gguf), greedy(&from_hf));
+
+    // A directory that is not a checkpoint says what is missing.
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    let e = LocalModel::open(&Source::HfDir(d.path().join("nothing")), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("nothing"), "{e}");
+}
