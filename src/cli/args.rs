@@ -124,8 +124,8 @@ pub struct Bench {
     /// Also measure a store with ~100,000 item records (takes a few minutes to create).
     #[arg(long)]
     pub large: bool,
-    /// Instead, measure the local backend on this GGUF: prompt and generation tokens/s, one
-    /// sequence and batches of 4 and 8.
+    /// Instead, measure the local backend on this GGUF (or Hugging Face directory): prompt
+    /// and generation tokens/s, one sequence and batches of 4 and 8.
     #[arg(long, value_name = "GGUF")]
     pub local: Option<PathBuf>,
     /// Where the local backend runs (with --local): `cpu`, or `cuda` in a build with the

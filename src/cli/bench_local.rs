@@ -44,8 +44,13 @@ fn best(runs: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
 
 pub fn run(gguf: &Path, dev: &str, tokens: usize, runs: usize, json: bool) -> Result<Exit> {
     let device = device(dev)?;
+    let source = if gguf.is_dir() {
+        Source::HfDir(gguf.to_path_buf())
+    } else {
+        Source::Gguf(gguf.to_path_buf())
+    };
     let t = Instant::now();
-    let m = LocalModel::open_on(&Source::Gguf(gguf.to_path_buf()), None, &device)
+    let m = LocalModel::open_on(&source, None, &device)
         .with_context(|| format!("loading {}", gguf.display()))?;
     let load_s = t.elapsed().as_secs_f64();
     let reqs: Vec<GenRequest> = ASKS
@@ -91,6 +96,37 @@ pub fn run(gguf: &Path, dev: &str, tokens: usize, runs: usize, json: bool) -> Re
             Ok(total as f64 / t.elapsed().as_secs_f64())
         })
     };
+    // Off the CPU, the same model on the CPU must agree: next-token logits and greedy tokens.
+    let agreement = if device.is_cpu() {
+        serde_json::Value::Null
+    } else {
+        let cpu = LocalModel::open_on(&source, None, &Device::Cpu)?;
+        let (a, b) = (m.next_logits(prompt)?, cpu.next_logits(prompt)?);
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        let spread =
+            b.iter().copied().fold(f32::MIN, f32::max) - b.iter().copied().fold(f32::MAX, f32::min);
+        let req = GenRequest {
+            max_tokens: 32,
+            ..reqs[0].clone()
+        };
+        let (ga, gb) = (
+            m.generate_batch(std::slice::from_ref(&req))?.remove(0).ids,
+            cpu.generate_batch(std::slice::from_ref(&req))?
+                .remove(0)
+                .ids,
+        );
+        let agree = ga.iter().zip(&gb).take_while(|(x, y)| x == y).count();
+        serde_json::json!({
+            "max_abs_logit_diff": worst,
+            "logit_range": spread,
+            "greedy_agree": agree,
+            "greedy_len": ga.len().min(gb.len()),
+        })
+    };
     let one_tps = batch(1)?;
     let b4 = batch(4)?;
     let b8 = batch(8)?;
@@ -106,6 +142,7 @@ pub fn run(gguf: &Path, dev: &str, tokens: usize, runs: usize, json: bool) -> Re
         "total_tok_s_8": b8,
         "batch4_vs_1": b4 / one_tps,
         "batch8_vs_1": b8 / one_tps,
+        "vs_cpu": agreement,
     });
     #[allow(clippy::print_stdout)]
     if json {

@@ -31,6 +31,7 @@ pub(crate) struct BadInput(pub String);
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    local_threads(&args);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
@@ -42,6 +43,43 @@ pub fn main() -> ExitCode {
         Ok(Exit::Ok) => ExitCode::SUCCESS,
         Ok(Exit::Failed) => ExitCode::from(1),
         Err(e) => render::error(&e),
+    }
+}
+
+/// candle sizes its CPU thread pools once per process, from the environment: hand it the
+/// pipeline's `threads` for local models before any thread exists. An explicit
+/// `CANDLE_NUM_THREADS` wins; a config that does not load is reported later by the command.
+fn local_threads(args: &Args) {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_some() {
+        return;
+    }
+    let Ok(l) = config::load(&args.file) else {
+        return;
+    };
+    let threads = l.config.models.values().filter_map(|m| m.threads).max();
+    if let Some(t) = threads.filter(|t| *t > 0) {
+        // SAFETY: called first thing in `main`, before any other thread is started.
+        unsafe {
+            std::env::set_var("CANDLE_NUM_THREADS", t.to_string());
+            std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        }
+    }
+}
+
+/// Items at once when `--jobs` is not given: one per CPU; but a local model decodes
+/// concurrent trials as one batch (up to `MAX_BATCH` sequences, several times the throughput of
+/// one), so with one there are at least that many.
+fn default_jobs(l: &Loaded) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let local = l
+        .config
+        .models
+        .values()
+        .any(|m| *m.backend.get_ref() == pipe::config::Backend::Local);
+    if local {
+        cpus.max(pipe::llm::local::MAX_BATCH)
+    } else {
+        cpus
     }
 }
 
@@ -110,9 +148,7 @@ fn run(args: Args) -> Result<Exit> {
                 Arc::new(Runtime::new(&loaded, Some(&store), probe)),
             );
             let opts = BuildOptions {
-                jobs: b
-                    .jobs
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+                jobs: b.jobs.unwrap_or_else(|| default_jobs(&loaded)),
                 dry_run: b.dry_run,
                 keep_going: b.keep_going,
             };

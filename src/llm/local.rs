@@ -316,33 +316,61 @@ impl<'m> Decoder<'m> {
     }
 
     /// One step of every live sequence; finished ones are answered and dropped.
+    ///
+    /// Sequences reading a prompt and sequences generating go through separate forwards: a
+    /// prompt's many rows take the gemm path, and a generating sequence's row must not be
+    /// carried along with them, or its numbers (and so, at a near-tie, its tokens) would
+    /// depend on whether a neighbour had just arrived.
     fn step(&mut self) {
-        let mut steps: Vec<Step<'_>> = self
-            .live
-            .iter_mut()
-            .map(|(l, _)| Step {
-                tokens: &l.pending,
-                cache: &mut l.cache,
-            })
-            .collect();
-        let logits = self
-            .model
-            .forward(&mut steps)
-            .and_then(|t| t.to_device(&Device::Cpu));
-        let logits = match logits {
-            Ok(l) => l,
-            Err(e) => {
-                for (_, reply) in self.live.drain(..) {
-                    let _ = reply.send(Err(e.to_string()));
-                }
-                return;
+        let reading: Vec<bool> = self.live.iter().map(|(l, _)| l.pending.len() > 1).collect();
+        let mut rows: Vec<Option<candle_core::Tensor>> = vec![None; self.live.len()];
+        for phase in [true, false] {
+            let idx: Vec<usize> = (0..reading.len())
+                .filter(|&i| reading[i] == phase)
+                .collect();
+            if idx.is_empty() {
+                continue;
             }
-        };
-        let mut i = 0;
+            let mut steps: Vec<Step<'_>> = self
+                .live
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| reading[*i] == phase)
+                .map(|(_, (l, _))| Step {
+                    tokens: &l.pending,
+                    cache: &mut l.cache,
+                })
+                .collect();
+            let logits = self
+                .model
+                .forward(&mut steps)
+                .and_then(|t| t.to_device(&Device::Cpu))
+                .and_then(|t| {
+                    (0..idx.len())
+                        .map(|r| t.get(r))
+                        .collect::<Result<Vec<_>, _>>()
+                });
+            match logits {
+                Ok(ls) => {
+                    for (i, l) in idx.into_iter().zip(ls) {
+                        rows[i] = Some(l);
+                    }
+                }
+                Err(e) => {
+                    for (_, reply) in self.live.drain(..) {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                    return;
+                }
+            }
+        }
+        let mut rows = rows.into_iter();
         self.live.retain_mut(|(l, reply)| {
-            let row = i;
-            i += 1;
-            let next = match logits.get(row).and_then(|r| l.sampler.sample(&r)) {
+            let row = rows
+                .next()
+                .flatten()
+                .expect("every live sequence has its logits");
+            let next = match l.sampler.sample(&row) {
                 Ok(n) => n,
                 Err(e) => {
                     let _ = reply.send(Err(format!("sampling: {e}")));

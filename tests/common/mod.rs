@@ -127,7 +127,7 @@ lease_ttl_s = 30
         let text = std::fs::read_to_string(&path).unwrap().replace(
             "backend = \"openai\"\nbase_urls = [\"http://unused\"]\nname = \"test-model\"",
             &format!(
-                "backend = \"local\"\ngguf = {:?}\nthreads = 1",
+                "backend = \"local\"\ngguf = {:?}\nthreads = 2",
                 gguf.to_str().unwrap()
             ),
         );
