@@ -11,7 +11,7 @@
 //! [`LlmError`] and must never be recorded as a failed trial.
 
 pub mod adapter;
-pub mod f16_matmul;
+pub mod affine8;
 pub mod gguf_model;
 pub mod gguf_tokenizer;
 pub mod hf_model;

@@ -13,10 +13,9 @@
 //! The other reason is LoRA: each projection is a [`Linear`] that can carry an adapter,
 //! applied unmerged (`W x + scale · B A x`) so the base weights stay quantised and shared.
 
-use super::f16_matmul;
+use super::affine8::{self, Affine8};
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{D, DType, Device, Module, Result, Tensor};
-use half::f16;
 use std::sync::Arc;
 
 /// The shape of a model, read from its GGUF metadata or `config.json`.
@@ -127,8 +126,8 @@ pub struct Lora {
 /// A projection's weights, in the form that runs fastest where they live.
 #[derive(Debug, Clone)]
 enum Weight {
-    /// On the CPU: f16, (out, in) row-major — see [`f16_matmul`] for why.
-    Half(Arc<Vec<f16>>),
+    /// On the CPU: 8-bit codes with a scale and offset per 32 — see [`affine8`] for why.
+    Cpu(Arc<Affine8>),
     /// Elsewhere (CUDA): candle's quantised (or dense) matmul.
     Candle(QMatMul),
 }
@@ -149,8 +148,8 @@ impl Linear {
         let (out, inp) = w.shape().dims2()?;
         let w = match w.device() {
             Device::Cpu => {
-                let t = w.dequantize_f16(&Device::Cpu)?.flatten_all()?;
-                Weight::Half(Arc::new(t.to_vec1::<f16>()?))
+                let t = w.dequantize(&Device::Cpu)?.flatten_all()?;
+                Weight::Cpu(Arc::new(Affine8::quantize(&t.to_vec1::<f32>()?, out, inp)))
             }
             _ => Weight::Candle(QMatMul::from_arc(w)?),
         };
@@ -167,9 +166,10 @@ impl Linear {
     pub fn dense(w: Tensor, bias: Option<Tensor>) -> Result<Linear> {
         let (out, inp) = w.dims2()?;
         let w = match w.device() {
-            Device::Cpu => Weight::Half(Arc::new(
-                w.to_dtype(DType::F16)?.flatten_all()?.to_vec1::<f16>()?,
-            )),
+            Device::Cpu => {
+                let t = w.to_dtype(DType::F32)?.flatten_all()?;
+                Weight::Cpu(Arc::new(Affine8::quantize(&t.to_vec1::<f32>()?, out, inp)))
+            }
             _ => Weight::Candle(QMatMul::Tensor(w.to_dtype(DType::F32)?)),
         };
         Ok(Linear {
@@ -216,17 +216,14 @@ impl Linear {
     pub fn base(&self, x: &Tensor) -> Result<Tensor> {
         match &self.w {
             Weight::Candle(w) => w.forward(x),
-            Weight::Half(w) => {
-                let (m, k) = x.dims2()?;
-                if m < f16_matmul::ROWS_FOR_GEMM {
+            Weight::Cpu(w) => {
+                let (m, _) = x.dims2()?;
+                if m < affine8::ROWS_FOR_GEMM {
                     let xs = x.flatten_all()?.to_vec1::<f32>()?;
-                    let y = f16_matmul::matmul(&xs, m, k, w, self.out);
+                    let y = affine8::matmul(&xs, m, w);
                     Tensor::from_vec(y, (m, self.out), x.device())
                 } else {
-                    use half::slice::HalfFloatSliceExt;
-                    let mut wf = vec![0f32; w.len()];
-                    w.convert_to_f32_slice(&mut wf);
-                    let wf = Tensor::from_vec(wf, (self.out, self.inp), x.device())?;
+                    let wf = Tensor::from_vec(w.to_f32(), (self.out, self.inp), x.device())?;
                     x.matmul(&wf.t()?)
                 }
             }
