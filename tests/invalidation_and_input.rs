@@ -199,10 +199,16 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
     // Missing task file.
     let p = Project::new(1, 5.0);
     std::fs::remove_file(p.path("tasks/queue.json")).unwrap();
+    let cfg = std::fs::read_to_string(p.path("pipeline.toml")).unwrap();
+    let line = 1 + cfg
+        .lines()
+        .position(|l| l.starts_with("tasks = ["))
+        .unwrap();
+    let at = format!("pipeline.toml:{line}:");
     refused(
         &p,
         &["build", "report"],
-        &["pipeline.toml:8:", "experiment.tasks[1]", "queue.json"],
+        &[at.as_str(), "experiment.tasks[1]", "queue.json"],
     );
     // A task JSON missing a field.
     let p = Project::new(1, 5.0);
