@@ -68,6 +68,23 @@ pub struct Adapter {
     pub rslora: bool,
 }
 
+/// A and B as read, by block and projection (either may be missing until both are read).
+type Pairs = HashMap<(usize, Proj), (Option<Tensor>, Option<Tensor>)>;
+
+/// Every (A, B) pair as a [`Target`]; a half pair is `lonely(block, proj)`'s error.
+fn pair_up(
+    pairs: Pairs,
+    lonely: impl Fn(usize, Proj) -> AdapterError,
+) -> Result<Vec<Target>, AdapterError> {
+    pairs
+        .into_iter()
+        .map(|((block, proj), ab)| match ab {
+            (Some(a), Some(b)) => Ok(Target { block, proj, a, b }),
+            _ => Err(lonely(block, proj)),
+        })
+        .collect()
+}
+
 /// PEFT's `adapter_config.json`, the keys we read and write.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct PeftConfig {
@@ -148,7 +165,7 @@ impl Adapter {
             path: w_path.clone(),
             why,
         };
-        let mut pairs: HashMap<(usize, Proj), (Option<Tensor>, Option<Tensor>)> = HashMap::new();
+        let mut pairs = Pairs::new();
         for (name, t) in tensors {
             // base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight
             let parse = || -> Option<(usize, Proj, bool)> {
@@ -170,16 +187,12 @@ impl Adapter {
             let e = pairs.entry((block, proj)).or_default();
             if is_a { e.0 = Some(t) } else { e.1 = Some(t) }
         }
-        let mut targets = Vec::with_capacity(pairs.len());
-        for ((block, proj), (a, b)) in pairs {
-            let (Some(a), Some(b)) = (a, b) else {
-                return Err(bad(format!(
-                    "layer {block} {} has only one of lora_A / lora_B",
-                    proj.hf()
-                )));
-            };
-            targets.push(Target { block, proj, a, b });
-        }
+        let targets = pair_up(pairs, |block, proj| {
+            bad(format!(
+                "layer {block} {} has only one of lora_A / lora_B",
+                proj.hf()
+            ))
+        })?;
         Adapter::checked(
             targets,
             cfg.lora_alpha,
@@ -217,7 +230,7 @@ impl Adapter {
             .get("adapter.lora.alpha")
             .and_then(|v| v.to_f32().ok())
             .unwrap_or(0.0) as f64;
-        let mut pairs: HashMap<(usize, Proj), (Option<Tensor>, Option<Tensor>)> = HashMap::new();
+        let mut pairs = Pairs::new();
         let names: Vec<String> = ct.tensor_infos.keys().cloned().collect();
         for name in names {
             // blk.3.attn_q.weight.lora_a
@@ -243,16 +256,12 @@ impl Adapter {
             let e = pairs.entry((block, proj)).or_default();
             if is_a { e.0 = Some(t) } else { e.1 = Some(t) }
         }
-        let mut targets = Vec::with_capacity(pairs.len());
-        for ((block, proj), (a, b)) in pairs {
-            let (Some(a), Some(b)) = (a, b) else {
-                return Err(bad(format!(
-                    "blk.{block}.{} has only one of lora_a / lora_b",
-                    proj.gguf()
-                )));
-            };
-            targets.push(Target { block, proj, a, b });
-        }
+        let targets = pair_up(pairs, |block, proj| {
+            bad(format!(
+                "blk.{block}.{} has only one of lora_a / lora_b",
+                proj.gguf()
+            ))
+        })?;
         let rank = targets
             .first()
             .and_then(|t| t.a.dims().first().copied())
