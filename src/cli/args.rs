@@ -46,7 +46,7 @@ pub enum Cmd {
     Verify(Json),
     /// Remove what no target reaches. Safe while other processes build.
     Gc(Gc),
-    /// Measure no-op status/build on synthetic stores of the experiment's shape.
+    /// Measure no-op status/build on synthetic stores of the experiment's shape, or (--local) the local backend's tokens/s.
     Bench(Bench),
 }
 
