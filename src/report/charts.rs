@@ -91,6 +91,21 @@ fn empty(root: &Area, title: &str, msg: &str) -> Res {
     )
 }
 
+/// The chart's title, centred at the top, and the legend for `names` under it (none if empty).
+fn heading(root: &Area, title: &str, names: &[String]) -> Res {
+    let (w, _) = root.dim_in_pixel();
+    label(root, title, (w as i32 / 2, 8), 18, HPos::Center, VPos::Top)?;
+    if names.is_empty() {
+        return Ok(());
+    }
+    legend(root, names, 34)
+}
+
+/// The arms' names, in legend order.
+fn arm_names(a: &Analysis) -> Vec<String> {
+    a.arms.iter().map(|a| a.name.clone()).collect()
+}
+
 /// Legend boxes for the arms, in a row under the title.
 fn legend(root: &Area, names: &[String], y: i32) -> Res {
     let mut x = 60;
@@ -150,12 +165,7 @@ pub fn rates(a: &Analysis) -> String {
         if n_arms == 0 {
             return empty(root, title, "No arms.");
         }
-        label(root, title, (w as i32 / 2, 8), 18, HPos::Center, VPos::Top)?;
-        legend(
-            root,
-            &a.arms.iter().map(|a| a.name.clone()).collect::<Vec<_>>(),
-            34,
-        )?;
+        heading(root, title, &arm_names(a))?;
         let area = root.margin(56, 0, 0, 16);
         let mut chart = ChartBuilder::on(&area)
             .x_label_area_size(34)
@@ -219,7 +229,7 @@ pub fn delta(a: &Analysis, c: &Comparison) -> String {
             .map(f64::abs)
             .fold(10.0_f64, f64::max);
         let m = ((m / 10.0).ceil() * 10.0 + 10.0).min(110.0);
-        label(root, &title, (w as i32 / 2, 8), 18, HPos::Center, VPos::Top)?;
+        heading(root, &title, &[])?;
         let area = root.margin(36, 0, 0, 16);
         let mut chart = ChartBuilder::on(&area)
             .x_label_area_size(34)
@@ -322,7 +332,7 @@ pub fn heatmap(a: &Analysis) -> String {
         if n_arms == 0 {
             return empty(root, title, "No arms.");
         }
-        label(root, title, (w as i32 / 2, 8), 18, HPos::Center, VPos::Top)?;
+        heading(root, title, &[])?;
         for (gi, (name, _)) in g.iter().enumerate() {
             let x = left + gi as i32 * cw + cw / 2;
             let short: String = name.chars().take(12).collect();
@@ -391,12 +401,7 @@ pub fn retries(a: &Analysis) -> String {
         if n_arms == 0 {
             return empty(root, title, "No arms.");
         }
-        label(root, title, (w as i32 / 2, 8), 18, HPos::Center, VPos::Top)?;
-        legend(
-            root,
-            &a.arms.iter().map(|a| a.name.clone()).collect::<Vec<_>>(),
-            34,
-        )?;
+        heading(root, title, &arm_names(a))?;
         let area = root.margin(56, 0, 0, 0);
         let panels = area.split_evenly((1, 2));
         for (pi, (panel, step)) in panels.iter().zip(["tests step", "impl step"]).enumerate() {
@@ -467,12 +472,7 @@ pub fn durations(a: &Analysis) -> String {
             return empty(root, title, "No trials.");
         }
         let top = if max > 0.0 { max * 1.08 } else { 1.0 };
-        label(root, title, (w as i32 / 2, 8), 18, HPos::Center, VPos::Top)?;
-        legend(
-            root,
-            &a.arms.iter().map(|a| a.name.clone()).collect::<Vec<_>>(),
-            34,
-        )?;
+        heading(root, title, &arm_names(a))?;
         let area = root.margin(56, 0, 0, 16);
         let mut chart = ChartBuilder::on(&area)
             .x_label_area_size(34)
@@ -552,12 +552,7 @@ pub fn loss(tr: &Training) -> String {
             (y0 - pad).max(if y0 >= 0.0 { 0.0 } else { f64::NEG_INFINITY }),
             y1 + pad,
         );
-        label(root, title, (380, 8), 18, HPos::Center, VPos::Top)?;
-        legend(
-            root,
-            &["training".to_string(), "validation".to_string()],
-            34,
-        )?;
+        heading(root, title, &["training".to_string(), "validation".to_string()])?;
         let area = root.margin(56, 0, 0, 16);
         let mut chart = ChartBuilder::on(&area)
             .margin_right(16)
