@@ -2,7 +2,7 @@
 
 use super::transformer::{Block, Config, Linear, Proj, Transformer};
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::{Device, Result, Tensor};
+use candle_core::{Device, Result};
 use std::io::{Read, Seek};
 use std::sync::Arc;
 
@@ -91,14 +91,4 @@ pub fn load<R: Read + Seek>(
         });
     }
     Transformer::new(config, embed, blocks, norm, head)
-}
-
-/// A tensor of `ct` dequantised to f32 (adapters, small tensors).
-pub fn dense<R: Read + Seek>(
-    ct: &Content,
-    reader: &mut R,
-    name: &str,
-    device: &Device,
-) -> Result<Tensor> {
-    ct.tensor(reader, name, device)?.dequantize(device)
 }

@@ -120,7 +120,7 @@ struct Loaded {
     template: String,
     model: Arc<Transformer>,
     /// The decoding thread's inbox, started on first use.
-    batcher: OnceLock<Mutex<mpsc::Sender<Job>>>,
+    batcher: OnceLock<mpsc::Sender<Job>>,
 }
 
 /// Models already loaded in this process, by canonical source and adapter.
@@ -252,9 +252,9 @@ impl Loaded {
                 .name("pipe-decode".into())
                 .spawn(move || batch_loop(&model, &stops, rx))
                 .expect("spawning the decoding thread");
-            Mutex::new(tx)
+            tx
         });
-        tx.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        tx.clone()
     }
 }
 

@@ -15,7 +15,7 @@
 
 use super::affine8::{self, Affine8};
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use std::sync::Arc;
 
 /// The shape of a model, read from its GGUF metadata or `config.json`.
@@ -363,11 +363,12 @@ impl Transformer {
         }
     }
 
-    /// Causal attention of one sequence's `len` new queries over its whole cache.
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize) -> Result<Tensor> {
+    /// Attention of one sequence's `len` new queries over its whole cache, `mask` (from
+    /// [`forward`](Self::forward)) keeping it causal.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let c = &self.config;
         let (_, _, len, hd) = q.dims4()?;
-        let kv_len = pos + len;
+        let kv_len = k.dims()[2];
         let group = c.n_head / c.n_kv_head;
         // Grouped-query attention without copying keys: the `group` query heads that share a
         // key head become rows of one matrix against it.
@@ -375,18 +376,12 @@ impl Transformer {
         let k = k.squeeze(0)?;
         let v = v.squeeze(0)?;
         let att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let att = if len > 1 {
-            let mask: Vec<f32> = (0..len)
-                .flat_map(|i| {
-                    (0..kv_len).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
-                })
-                .collect();
-            let mask = Tensor::from_vec(mask, (len, kv_len), &self.device)?;
-            att.reshape((c.n_kv_head, group, len, kv_len))?
-                .broadcast_add(&mask)?
-                .reshape((c.n_kv_head, group * len, kv_len))?
-        } else {
-            att
+        let att = match mask {
+            Some(mask) => att
+                .reshape((c.n_kv_head, group, len, kv_len))?
+                .broadcast_add(mask)?
+                .reshape((c.n_kv_head, group * len, kv_len))?,
+            None => att,
         };
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         att.matmul(&v)?
@@ -428,13 +423,30 @@ impl Transformer {
                 .contiguous()?
                 .unsqueeze(0)
         };
+        // Each sequence's causal mask over its whole cache, the same in every layer (none for a
+        // single new token, which sees everything).
+        let masks: Vec<Option<Tensor>> = spans
+            .iter()
+            .map(|&(_, len, pos)| {
+                if len == 1 {
+                    return Ok(None);
+                }
+                let mask: Vec<f32> = (0..len)
+                    .flat_map(|i| {
+                        (0..pos + len)
+                            .map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
+                    })
+                    .collect();
+                Tensor::from_vec(mask, (len, pos + len), &self.device).map(Some)
+            })
+            .collect::<Result<_>>()?;
         for (li, block) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, c.eps as f32)?;
             let q = block.proj(Proj::Q).forward(&h)?;
             let k = block.proj(Proj::K).forward(&h)?;
             let v = block.proj(Proj::V).forward(&h)?;
             let mut outs = Vec::with_capacity(steps.len());
-            for (&(off, len, pos), step) in spans.iter().zip(steps.iter_mut()) {
+            for ((&(off, len, pos), step), mask) in spans.iter().zip(steps.iter_mut()).zip(&masks) {
                 let qs = self.rope(&heads(&q, off, len, c.n_head)?, pos)?;
                 let ks = self.rope(&heads(&k, off, len, c.n_kv_head)?, pos)?;
                 let vs = heads(&v, off, len, c.n_kv_head)?;
@@ -445,7 +457,7 @@ impl Transformer {
                 } else {
                     (ks, vs)
                 };
-                outs.push(self.attend(&qs, &kc, &vc, pos)?);
+                outs.push(self.attend(&qs, &kc, &vc, mask.as_ref())?);
                 if li < cache.len() {
                     cache[li] = (kc, vc);
                 } else {
@@ -482,9 +494,4 @@ impl Transformer {
         let logits = self.forward(&mut [Step { tokens, cache }])?;
         logits.squeeze(0)?.to_device(&Device::Cpu)?.to_vec1()
     }
-}
-
-/// `softmax` of f32 logits, for tests and tools that compare distributions.
-pub fn softmax(logits: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::softmax(logits, D::Minus1)
 }

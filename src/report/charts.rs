@@ -552,7 +552,11 @@ pub fn loss(tr: &Training) -> String {
             (y0 - pad).max(if y0 >= 0.0 { 0.0 } else { f64::NEG_INFINITY }),
             y1 + pad,
         );
-        heading(root, title, &["training".to_string(), "validation".to_string()])?;
+        heading(
+            root,
+            title,
+            &["training".to_string(), "validation".to_string()],
+        )?;
         let area = root.margin(56, 0, 0, 16);
         let mut chart = ChartBuilder::on(&area)
             .margin_right(16)
