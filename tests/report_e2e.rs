@@ -65,23 +65,9 @@ fn report_of_a_real_trial_run_renders_and_rebuilds_nothing() {
         assert!(dir.join(f).exists(), "{f} exported");
     }
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
-    let opts = roxmltree::ParsingOptions {
-        allow_dtd: true,
-        ..Default::default()
-    };
-    let doc =
-        roxmltree::Document::parse_with_options(&html, opts).expect("the HTML is well-formed");
-    let ids: Vec<&str> = doc
-        .descendants()
-        .filter_map(|n| n.attribute("id"))
-        .collect();
-    for chart in [
-        "chart-rates",
-        "chart-heatmap",
-        "chart-retries",
-        "chart-durations",
-    ] {
-        assert!(ids.contains(&chart), "{chart} in {ids:?}");
+    let ids = common::html_ids(&html);
+    for chart in common::BASELINE_CHARTS {
+        assert!(ids.iter().any(|i| i == chart), "{chart} in {ids:?}");
     }
     assert!(html.contains("pipe show trial/stack/base/0"));
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();

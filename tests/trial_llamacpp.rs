@@ -63,22 +63,9 @@ fn a_small_experiment_through_a_real_llama_cpp_server() {
 
     // The report of this real run renders: well-formed HTML with its charts, every trial named.
     let html = std::fs::read_to_string(p.path("reports/report.html")).unwrap();
-    let opts = roxmltree::ParsingOptions {
-        allow_dtd: true,
-        ..Default::default()
-    };
-    let doc = roxmltree::Document::parse_with_options(&html, opts).expect("well-formed HTML");
-    let ids: Vec<&str> = doc
-        .descendants()
-        .filter_map(|n| n.attribute("id"))
-        .collect();
-    for chart in [
-        "chart-rates",
-        "chart-heatmap",
-        "chart-retries",
-        "chart-durations",
-    ] {
-        assert!(ids.contains(&chart), "{chart}");
+    let ids = common::html_ids(&html);
+    for chart in common::BASELINE_CHARTS {
+        assert!(ids.iter().any(|i| i == chart), "{chart}");
     }
     for id in trials.keys() {
         assert!(html.contains(&format!("trial/{id} ")), "{id} is named");

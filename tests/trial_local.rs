@@ -78,36 +78,21 @@ fn a_trial_on_the_local_backend() {
     .unwrap();
     let cfg = std::fs::read_to_string(p.path("pipeline.toml")).unwrap();
     let line = cfg.lines().find(|l| l.starts_with("gguf = ")).unwrap();
-    std::fs::write(
-        p.path("pipeline.toml"),
-        cfg.replace(line, "ollama = \"smollm2:135m\""),
-    )
-    .unwrap();
-    let b = p
-        .real(&["build", "trial"])
-        .env("OLLAMA_MODELS", &models)
-        .output()
-        .unwrap();
+    let cfg = cfg.replace(line, "ollama = \"smollm2:135m\"");
+    let with_ollama = |config: &str, args: &[&str]| {
+        std::fs::write(p.path("pipeline.toml"), config).unwrap();
+        p.real(args).env("OLLAMA_MODELS", &models).output().unwrap()
+    };
+    let b = with_ollama(&cfg, &["build", "trial"]);
     assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
-    let st = p
-        .real(&["status"])
-        .env("OLLAMA_MODELS", &models)
-        .output()
-        .unwrap();
+    let st = with_ollama(&cfg, &["status"]);
     let st = String::from_utf8_lossy(&st.stdout);
     assert!(st.contains("trial    up to date (1 item)"), "{st}");
     // A name Ollama does not have is a clear error that says how to get it.
-    let cfg = std::fs::read_to_string(p.path("pipeline.toml")).unwrap();
-    std::fs::write(
-        p.path("pipeline.toml"),
-        cfg.replace("smollm2:135m", "smollm2:360m"),
-    )
-    .unwrap();
-    let b = p
-        .real(&["build", "trial"])
-        .env("OLLAMA_MODELS", &models)
-        .output()
-        .unwrap();
+    let b = with_ollama(
+        &cfg.replace("smollm2:135m", "smollm2:360m"),
+        &["build", "trial"],
+    );
     let err = String::from_utf8_lossy(&b.stderr);
     assert!(!b.status.success(), "{err}");
     assert!(

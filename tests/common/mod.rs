@@ -359,3 +359,24 @@ impl Rng {
         self.next() % n.max(1)
     }
 }
+
+/// The charts every report has, baseline arms alone included.
+pub const BASELINE_CHARTS: [&str; 4] = [
+    "chart-rates",
+    "chart-heatmap",
+    "chart-retries",
+    "chart-durations",
+];
+
+/// The `id`s of a report page's elements; panics unless the page is well-formed XHTML.
+pub fn html_ids(html: &str) -> Vec<String> {
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    roxmltree::Document::parse_with_options(html, opts)
+        .unwrap_or_else(|e| panic!("the report page is not well-formed: {e}"))
+        .descendants()
+        .filter_map(|n| n.attribute("id").map(str::to_string))
+        .collect()
+}
