@@ -291,7 +291,8 @@ impl<'m> Decoder<'m> {
         }
     }
 
-    /// Take `req` in; a request with nothing to generate is answered at once.
+    /// Take `req` in; a request with nothing to generate is answered at once — a prompt that
+    /// fills the model's context too: an empty reply is still one the guards can judge.
     fn admit(&mut self, req: GenRequest, reply: mpsc::Sender<Result<Generation, String>>) {
         let budget = req
             .max_tokens
@@ -639,17 +640,6 @@ impl ChatModel for LocalModel {
                 path: self.inner.path.clone(),
                 source,
             })?;
-        if prompt.len() >= self.inner.model.config.max_seq {
-            // A prompt the model cannot read is still a reply the guards can judge: empty.
-            return Ok(ChatReply {
-                content: String::new(),
-                finish_reason: Some("length".into()),
-                prompt_tokens: Some(prompt.len() as u64),
-                completion_tokens: Some(0),
-                duration_ms: t.elapsed().as_millis() as u64,
-                retried: 0,
-            });
-        }
         let g = self.generate(
             &prompt,
             req.max_tokens as usize,

@@ -265,7 +265,7 @@ fn local_identity(
 ) -> Result<Value, String> {
     let files = local_files(loaded, spec)?;
     let digests = |ps: &[PathBuf]| -> Result<Vec<String>, String> {
-        ps.iter().map(|p| gguf_digest(p, store)).collect()
+        ps.iter().map(|p| file_digest(p, store)).collect()
     };
     let mut id = match &files.source {
         // The key a GGUF always had, so that naming the same file through Ollama changes
@@ -296,7 +296,7 @@ fn digest_key(path: &Path) -> Result<String, String> {
     ))
 }
 
-fn gguf_digest(path: &Path, store: Option<&Store>) -> Result<String, String> {
+fn file_digest(path: &Path, store: Option<&Store>) -> Result<String, String> {
     static MEMO: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
     let key = digest_key(path)?;
     let memo = MEMO.get_or_init(Default::default);
@@ -331,13 +331,13 @@ mod tests {
     use crate::store::StoreOptions;
 
     #[test]
-    fn a_gguf_digest_is_its_blake3_cached_by_path_size_and_mtime() {
+    fn a_file_digest_is_its_blake3_cached_by_path_size_and_mtime() {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("m.gguf");
         std::fs::write(&f, b"not really a gguf").unwrap();
         let store = Store::open(&d.path().join("s"), StoreOptions::default()).unwrap();
         let first = blake3::hash(b"not really a gguf").to_hex().to_string();
-        assert_eq!(gguf_digest(&f, Some(&store)).unwrap(), first);
+        assert_eq!(file_digest(&f, Some(&store)).unwrap(), first);
         // The next process finds it in the store's probe cache.
         let key = digest_key(&f).unwrap();
         assert_eq!(store.get_probe(&key), Some(json!(first)));
@@ -351,7 +351,7 @@ mod tests {
             .set_modified(later)
             .unwrap();
         let second = blake3::hash(b"NOT really a gguf").to_hex().to_string();
-        assert_eq!(gguf_digest(&f, Some(&store)).unwrap(), second);
-        assert!(gguf_digest(&d.path().join("missing.gguf"), Some(&store)).is_err());
+        assert_eq!(file_digest(&f, Some(&store)).unwrap(), second);
+        assert!(file_digest(&d.path().join("missing.gguf"), Some(&store)).is_err());
     }
 }
