@@ -318,10 +318,11 @@ impl<'m> Decoder<'m> {
 
     /// One step of every live sequence; finished ones are answered and dropped.
     ///
-    /// Sequences reading a prompt and sequences generating go through separate forwards: a
-    /// prompt's many rows take the gemm path, and a generating sequence's row must not be
-    /// carried along with them, or its numbers (and so, at a near-tie, its tokens) would
-    /// depend on whether a neighbour had just arrived.
+    /// Sequences reading a prompt and sequences generating go through separate forwards. Our
+    /// CPU matmul computes each row the same way whatever its neighbours, but candle's CUDA
+    /// kernels and the gemm behind a LoRA adapter choose their method by the number of rows:
+    /// a generating sequence's row carried along with a prompt's many rows could get other
+    /// numbers (and so, at a near-tie, other tokens) just because a neighbour had arrived.
     fn step(&mut self) {
         let reading: Vec<bool> = self.live.iter().map(|(l, _)| l.pending.len() > 1).collect();
         let mut rows: Vec<Option<candle_core::Tensor>> = vec![None; self.live.len()];

@@ -11,12 +11,12 @@
 //! [`LlmError`] and must never be recorded as a failed trial.
 
 pub mod adapter;
-pub mod affine8;
 pub mod gguf_model;
 pub mod gguf_tokenizer;
 pub mod hf_model;
 pub mod local;
 pub mod openai;
+pub mod qcpu;
 pub mod source;
 pub mod transformer;
 

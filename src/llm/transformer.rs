@@ -13,7 +13,7 @@
 //! The other reason is LoRA: each projection is a [`Linear`] that can carry an adapter,
 //! applied unmerged (`W x + scale · B A x`) so the base weights stay quantised and shared.
 
-use super::affine8::{self, Affine8};
+use super::qcpu::{self, QActs, QWeights};
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use std::sync::Arc;
@@ -126,8 +126,9 @@ pub struct Lora {
 /// A projection's weights, in the form that runs fastest where they live.
 #[derive(Debug, Clone)]
 enum Weight {
-    /// On the CPU: 8-bit codes with a scale and offset per 32 — see [`affine8`] for why.
-    Cpu(Arc<Affine8>),
+    /// On the CPU: 4- or 8-bit codes with a scale and offset per 32, multiplied in integers —
+    /// see [`qcpu`] for why.
+    Cpu(Arc<QWeights>),
     /// Elsewhere (CUDA): candle's quantised (or dense) matmul.
     Candle(QMatMul),
 }
@@ -148,8 +149,14 @@ impl Linear {
         let (out, inp) = w.shape().dims2()?;
         let w = match w.device() {
             Device::Cpu => {
-                let t = w.dequantize(&Device::Cpu)?.flatten_all()?;
-                Weight::Cpu(Arc::new(Affine8::quantize(&t.to_vec1::<f32>()?, out, inp)))
+                let q = match QWeights::from_gguf(w.dtype(), &w.data()?, out, inp) {
+                    Some(q) => q,
+                    None => {
+                        let t = w.dequantize(&Device::Cpu)?.flatten_all()?;
+                        QWeights::from_f32(&t.to_vec1::<f32>()?, out, inp)
+                    }
+                };
+                Weight::Cpu(Arc::new(q))
             }
             _ => Weight::Candle(QMatMul::from_arc(w)?),
         };
@@ -168,7 +175,7 @@ impl Linear {
         let w = match w.device() {
             Device::Cpu => {
                 let t = w.to_dtype(DType::F32)?.flatten_all()?;
-                Weight::Cpu(Arc::new(Affine8::quantize(&t.to_vec1::<f32>()?, out, inp)))
+                Weight::Cpu(Arc::new(QWeights::from_f32(&t.to_vec1::<f32>()?, out, inp)))
             }
             _ => Weight::Candle(QMatMul::Tensor(w.to_dtype(DType::F32)?)),
         };
@@ -218,14 +225,9 @@ impl Linear {
             Weight::Candle(w) => w.forward(x),
             Weight::Cpu(w) => {
                 let (m, _) = x.dims2()?;
-                if m < affine8::ROWS_FOR_GEMM {
-                    let xs = x.flatten_all()?.to_vec1::<f32>()?;
-                    let y = affine8::matmul(&xs, m, w);
-                    Tensor::from_vec(y, (m, self.out), x.device())
-                } else {
-                    let wf = Tensor::from_vec(w.to_f32(), (self.out, self.inp), x.device())?;
-                    x.matmul(&wf.t()?)
-                }
+                let xs = x.flatten_all()?.to_vec1::<f32>()?;
+                let y = qcpu::matmul(&QActs::quantize(&xs, m, self.inp), w);
+                Tensor::from_vec(y, (m, self.out), x.device())
             }
         }
     }
