@@ -14,6 +14,7 @@ pub mod adapter;
 pub mod gguf_model;
 pub mod gguf_tokenizer;
 pub mod hf_model;
+pub mod host_attention;
 pub mod local;
 pub mod openai;
 pub mod qcpu;

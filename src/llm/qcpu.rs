@@ -40,6 +40,9 @@ const GROUP: usize = BLOCK * BLOCKS;
 /// Output features per parallel task.
 const TILE: usize = 16;
 
+/// Multiply-adds below which a product runs on the calling thread.
+const SERIAL_BELOW: usize = 1 << 21;
+
 /// Activation rows dotted at once with one weight row held in registers (then half as many,
 /// then one at a time, for the rest).
 const ROWS: usize = 8;
@@ -843,7 +846,7 @@ pub fn matmul_with(kernel: Kernel, x: &QActs, w: &QWeights) -> Vec<f32> {
         y: y.as_mut_ptr(),
         n,
     };
-    (0..n.div_ceil(TILE)).into_par_iter().for_each(|t| {
+    let tile = |t: usize| {
         let (j0, j1) = (t * TILE, ((t + 1) * TILE).min(n));
         match kernel {
             Kernel::Generic => tile_generic(w, x, j0, j1, out),
@@ -854,7 +857,15 @@ pub fn matmul_with(kernel: Kernel, x: &QActs, w: &QWeights) -> Vec<f32> {
             #[cfg(target_arch = "x86_64")]
             Kernel::Vnni512 => unsafe { x86::tile_vnni(w, x, j0, j1, out) },
         }
-    });
+    };
+    let tiles = n.div_ceil(TILE);
+    // Waking the pool costs more than a small product (a 135M model's projections of one
+    // row): those run on the calling thread.
+    if n * w.cols * x.rows < SERIAL_BELOW {
+        (0..tiles).for_each(tile);
+    } else {
+        (0..tiles).into_par_iter().for_each(tile);
+    }
     y
 }
 

@@ -13,6 +13,7 @@
 //! The other reason is LoRA: each projection is a [`Linear`] that can carry an adapter,
 //! applied unmerged (`W x + scale · B A x`) so the base weights stay quantised and shared.
 
+use super::host_attention::{self, Heads, HostKv};
 use super::qcpu::{self, QActs, QWeights};
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -221,28 +222,49 @@ impl Linear {
 
     /// The base projection alone (no bias, no adapter), for rows `x` of shape (n, in).
     pub fn base(&self, x: &Tensor) -> Result<Tensor> {
+        self.base_q(x, &mut None)
+    }
+
+    /// [`Linear::base`], with the rows' quantised form computed at most once into `xq` and
+    /// shared by the projections that read the same rows.
+    fn base_q(&self, x: &Tensor, xq: &mut Option<QActs>) -> Result<Tensor> {
         match &self.w {
             Weight::Candle(w) => w.forward(x),
             Weight::Cpu(w) => {
                 let (m, _) = x.dims2()?;
-                let xs = x.flatten_all()?.to_vec1::<f32>()?;
-                let y = qcpu::matmul(&QActs::quantize(&xs, m, self.inp), w);
-                Tensor::from_vec(y, (m, self.out), x.device())
+                if xq.is_none() {
+                    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+                    *xq = Some(QActs::quantize(&xs, m, self.inp));
+                }
+                let xq = xq.as_ref().expect("quantised just above");
+                Tensor::from_vec(qcpu::matmul(xq, w), (m, self.out), x.device())
             }
         }
     }
 
     /// `W x (+ bias) (+ scale · B A x)` for rows `x` of shape (n, in).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = self.base(x)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
-        if let Some(l) = &self.lora {
-            let d = x.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
-            y = (y + (d * l.scale)?)?;
-        }
+        let [y] = Linear::forward_all([self], x)?;
         Ok(y)
+    }
+
+    /// Several projections of the same rows `x` (q, k and v; gate and up), which on the CPU
+    /// quantise the rows once.
+    pub fn forward_all<const N: usize>(lins: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+        let mut xq = None;
+        let mut out = Vec::with_capacity(N);
+        for lin in lins {
+            let mut y = lin.base_q(x, &mut xq)?;
+            if let Some(b) = &lin.bias {
+                y = y.broadcast_add(b)?;
+            }
+            if let Some(l) = &lin.lora {
+                let d = x.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
+                y = (y + (d * l.scale)?)?;
+            }
+            out.push(y);
+        }
+        Ok(out.try_into().expect("one output a projection"))
     }
 }
 
@@ -270,10 +292,47 @@ impl Block {
 }
 
 /// One sequence's keys and values, layer by layer.
-#[derive(Debug, Clone, Default)]
+///
+/// Not `Clone`: a copy would share the buffers that the next step writes.
+#[derive(Debug, Default)]
 pub struct SeqCache {
-    kv: Vec<(Tensor, Tensor)>,
+    kv: Vec<LayerKv>,
     len: usize,
+}
+
+/// One layer's cache: on the CPU a growing host buffer (see [`host_attention`]); elsewhere
+/// device buffers of shape (1, kv heads, capacity, head dim), written in place and grown by
+/// doubling, so that appending a token copies one token's worth, not the whole cache.
+#[derive(Debug)]
+enum LayerKv {
+    Host(HostKv),
+    Device(Tensor, Tensor),
+}
+
+/// Positions a device cache has room for at first.
+const CACHE_START: usize = 256;
+
+/// Append `new` (1, heads, n, hd) after the first `used` positions of `buf` (growing it by
+/// doubling when full) and return the buffer and a view of its `used + n` positions.
+fn append_kv(buf: Option<&Tensor>, new: &Tensor, used: usize) -> Result<(Tensor, Tensor)> {
+    let (b, heads, n, hd) = new.dims4()?;
+    let need = used + n;
+    let buf = match buf {
+        Some(buf) if buf.dims()[2] >= need => buf.clone(),
+        old => {
+            let cap = need.max(CACHE_START).next_power_of_two();
+            let grown = Tensor::zeros((b, heads, cap, hd), new.dtype(), new.device())?;
+            if let Some(old) = old
+                && used > 0
+            {
+                grown.slice_set(&old.narrow(2, 0, used)?.contiguous()?, 2, 0)?;
+            }
+            grown
+        }
+    };
+    buf.slice_set(&new.contiguous()?, 2, used)?;
+    let view = buf.narrow(2, 0, need)?;
+    Ok((buf, view))
 }
 
 impl SeqCache {
@@ -311,6 +370,9 @@ pub struct Transformer {
     pub head: Linear,
     cos: Tensor,
     sin: Tensor,
+    /// The rotary tables on the host, (max_seq, head_dim / 2), for [`host_attention`].
+    cos_host: Vec<f32>,
+    sin_host: Vec<f32>,
     device: Device,
 }
 
@@ -337,9 +399,16 @@ impl Transformer {
             .to_dtype(DType::F32)?
             .reshape((config.max_seq, 1))?;
         let angles = pos.matmul(&inv)?;
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        let (cos_host, sin_host) = match device.is_cpu() {
+            true => (cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?),
+            false => (Vec::new(), Vec::new()),
+        };
         Ok(Transformer {
-            cos: angles.cos()?,
-            sin: angles.sin()?,
+            cos,
+            sin,
+            cos_host,
+            sin_host,
             config,
             embed: embed.to_dtype(DType::F32)?,
             blocks,
@@ -392,6 +461,127 @@ impl Transformer {
             .reshape((len, c.n_head * hd))
     }
 
+    /// One sequence's queries and keys or values as (1, heads, len, hd).
+    fn heads(&self, t: &Tensor, off: usize, len: usize, nh: usize) -> Result<Tensor> {
+        t.narrow(0, off, len)?
+            .reshape((len, nh, self.config.head_dim))?
+            .transpose(0, 1)?
+            .contiguous()?
+            .unsqueeze(0)
+    }
+
+    /// Attention on a GPU: every sequence through candle, its cache in device buffers.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_device(
+        &self,
+        li: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        spans: &[(usize, usize, usize)],
+        steps: &mut [Step<'_>],
+        masks: &[Option<Tensor>],
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let mut outs = Vec::with_capacity(steps.len());
+        for ((&(off, len, pos), step), mask) in spans.iter().zip(steps.iter_mut()).zip(masks) {
+            let qs = self.rope(&self.heads(q, off, len, c.n_head)?, pos)?;
+            let ks = self.rope(&self.heads(k, off, len, c.n_kv_head)?, pos)?;
+            let vs = self.heads(v, off, len, c.n_kv_head)?;
+            let cache = &mut step.cache.kv;
+            let old = match cache.get(li) {
+                Some(LayerKv::Device(k, v)) => Some((k, v)),
+                Some(LayerKv::Host(_)) => candle_core::bail!("a host cache on a device"),
+                None => None,
+            };
+            let (kb, kc) = append_kv(old.map(|(k, _)| k), &ks, pos)?;
+            let (vb, vc) = append_kv(old.map(|(_, v)| v), &vs, pos)?;
+            outs.push(self.attend(&qs, &kc, &vc, mask.as_ref())?);
+            let layer = LayerKv::Device(kb, vb);
+            if li < cache.len() {
+                cache[li] = layer;
+            } else {
+                cache.push(layer);
+            }
+        }
+        if outs.len() == 1 {
+            Ok(outs.pop().expect("one output"))
+        } else {
+            Tensor::cat(&outs, 0)
+        }
+    }
+
+    /// Attention on the CPU: caches are host buffers; a single new token attends in plain
+    /// Rust ([`host_attention`]), a prompt's tokens through candle's gemm.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_host(
+        &self,
+        li: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        spans: &[(usize, usize, usize)],
+        steps: &mut [Step<'_>],
+        masks: &[Option<Tensor>],
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let h = Heads {
+            n_head: c.n_head,
+            n_kv: c.n_kv_head,
+            hd: c.head_dim,
+        };
+        let (qw, kw) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
+        let rows = q.dims2()?.0;
+        let mut qh: Vec<f32> = q.flatten_all()?.to_vec1()?;
+        let mut kh: Vec<f32> = k.flatten_all()?.to_vec1()?;
+        let vh: Vec<f32> = v.flatten_all()?.to_vec1()?;
+        let mut out = vec![0f32; rows * qw];
+        let half = c.head_dim / 2;
+        for ((&(off, len, pos), step), mask) in spans.iter().zip(steps.iter_mut()).zip(masks) {
+            let cache = &mut step.cache.kv;
+            if li == cache.len() {
+                cache.push(LayerKv::Host(HostKv::default()));
+            }
+            let LayerKv::Host(kv) = &mut cache[li] else {
+                candle_core::bail!("a device cache on the CPU");
+            };
+            if len == 1 {
+                let (cos, sin) = (
+                    &self.cos_host[pos * half..][..half],
+                    &self.sin_host[pos * half..][..half],
+                );
+                let qr = &mut qh[off * qw..][..qw];
+                host_attention::rope(qr, c.head_dim, cos, sin, c.rope_neox);
+                let kr = &mut kh[off * kw..][..kw];
+                host_attention::rope(kr, c.head_dim, cos, sin, c.rope_neox);
+                kv.k.extend_from_slice(kr);
+                kv.v.extend_from_slice(&vh[off * kw..][..kw]);
+                host_attention::attend(qr, kv, pos + 1, h, &mut out[off * qw..][..qw]);
+                continue;
+            }
+            let qs = self.rope(&self.heads(q, off, len, c.n_head)?, pos)?;
+            let ks = self.rope(&self.heads(k, off, len, c.n_kv_head)?, pos)?;
+            // Position-major onto the host buffer, then the whole cache back as (1, h, t, hd).
+            let ks: Vec<f32> = ks.squeeze(0)?.transpose(0, 1)?.flatten_all()?.to_vec1()?;
+            kv.k.extend_from_slice(&ks);
+            kv.v.extend_from_slice(&vh[off * kw..][..len * kw]);
+            let all = |b: &[f32]| -> Result<Tensor> {
+                Tensor::from_slice(
+                    &b[..(pos + len) * kw],
+                    (pos + len, c.n_kv_head, c.head_dim),
+                    &self.device,
+                )?
+                .transpose(0, 1)?
+                .contiguous()?
+                .unsqueeze(0)
+            };
+            let a = self.attend(&qs, &all(&kv.k)?, &all(&kv.v)?, mask.as_ref())?;
+            let a: Vec<f32> = a.flatten_all()?.to_vec1()?;
+            out[off * qw..][..len * qw].copy_from_slice(&a);
+        }
+        Tensor::from_vec(out, (rows, qw), &self.device)
+    }
+
     /// Read each step's tokens into its sequence and return, for each step, the logits (f32)
     /// for the token after its last one: shape (steps, vocab).
     ///
@@ -418,13 +608,6 @@ impl Transformer {
         let n = ids.len();
         let ids = Tensor::from_vec(ids, n, &self.device)?;
         let mut x = self.embed.index_select(&ids, 0)?;
-        let heads = |t: &Tensor, off: usize, len: usize, nh: usize| -> Result<Tensor> {
-            t.narrow(0, off, len)?
-                .reshape((len, nh, c.head_dim))?
-                .transpose(0, 1)?
-                .contiguous()?
-                .unsqueeze(0)
-        };
         // Each sequence's causal mask over its whole cache, the same in every layer (none for a
         // single new token, which sees everything).
         let masks: Vec<Option<Tensor>> = spans
@@ -444,37 +627,22 @@ impl Transformer {
             .collect::<Result<_>>()?;
         for (li, block) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, c.eps as f32)?;
-            let q = block.proj(Proj::Q).forward(&h)?;
-            let k = block.proj(Proj::K).forward(&h)?;
-            let v = block.proj(Proj::V).forward(&h)?;
-            let mut outs = Vec::with_capacity(steps.len());
-            for ((&(off, len, pos), step), mask) in spans.iter().zip(steps.iter_mut()).zip(&masks) {
-                let qs = self.rope(&heads(&q, off, len, c.n_head)?, pos)?;
-                let ks = self.rope(&heads(&k, off, len, c.n_kv_head)?, pos)?;
-                let vs = heads(&v, off, len, c.n_kv_head)?;
-                let cache = &mut step.cache.kv;
-                let (kc, vc) = if li < cache.len() {
-                    let (pk, pv) = &cache[li];
-                    (Tensor::cat(&[pk, &ks], 2)?, Tensor::cat(&[pv, &vs], 2)?)
-                } else {
-                    (ks, vs)
-                };
-                outs.push(self.attend(&qs, &kc, &vc, mask.as_ref())?);
-                if li < cache.len() {
-                    cache[li] = (kc, vc);
-                } else {
-                    cache.push((kc, vc));
-                }
-            }
-            let a = if outs.len() == 1 {
-                outs.pop().expect("one output")
+            let [q, k, v] = Linear::forward_all(
+                [
+                    block.proj(Proj::Q),
+                    block.proj(Proj::K),
+                    block.proj(Proj::V),
+                ],
+                &h,
+            )?;
+            let a = if self.device.is_cpu() {
+                self.attention_host(li, &q, &k, &v, &spans, steps, &masks)?
             } else {
-                Tensor::cat(&outs, 0)?
+                self.attention_device(li, &q, &k, &v, &spans, steps, &masks)?
             };
             x = (x + block.proj(Proj::O).forward(&a)?)?;
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, c.eps as f32)?;
-            let g = block.proj(Proj::Gate).forward(&h)?;
-            let u = block.proj(Proj::Up).forward(&h)?;
+            let [g, u] = Linear::forward_all([block.proj(Proj::Gate), block.proj(Proj::Up)], &h)?;
             let m = (candle_nn::ops::silu(&g)? * u)?;
             x = (x + block.proj(Proj::Down).forward(&m)?)?;
         }
