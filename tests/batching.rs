@@ -1,6 +1,7 @@
 //! The local backend decodes concurrent requests as one batch; a sequence's tokens must not
 //! depend on that. Four different prompts, as one batch and through the decoding thread from
-//! four threads at once, give exactly what each gives alone — greedy and seeded sampling.
+//! four threads at once, give exactly what each gives alone — greedy and seeded sampling; and a
+//! prompt started from a finished one's kept chunks gives what reading it whole gives.
 
 use candle_transformers::generation::Sampling;
 use pipe::llm::local::{GenRequest, LocalModel};
@@ -81,4 +82,61 @@ fn a_batch_decodes_what_each_prompt_decodes_alone_seeded_sampling() {
         p: 0.95,
         temperature: 0.7,
     });
+}
+
+/// A retry's prompt repeats the first one and adds feedback. The decoding thread keeps the
+/// chunks of a finished prompt and starts the retry from them: it must then sample exactly
+/// what reading the whole retry prompt gives.
+#[test]
+fn a_prompt_that_extends_a_finished_one_reuses_its_chunks_and_decodes_the_same() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(SMOLLM2);
+    let m = LocalModel::load(&p).unwrap();
+    let task = "Write pytest tests for a Stack class. The class has push(x), which adds x on \
+                top; pop(), which removes and returns the top item and raises IndexError when \
+                the stack is empty; peek(), which returns the top item without removing it and \
+                raises IndexError when empty; size(), which returns the number of items; and \
+                is_empty(), which says whether there are none. Cover every method, the error \
+                cases, and a sequence of pushes and pops that checks the order is last in, \
+                first out. Use plain pytest functions, no classes, and import Stack from stack.";
+    let first = m
+        .tokenizer()
+        .encode(&m.render(&[Message::new(Role::User, task)]).unwrap())
+        .unwrap();
+    let retry_text =
+        format!("{task}\n\nPrevious attempts:\n1. SyntaxError: invalid syntax (line 3). Fix it.");
+    let retry = m
+        .tokenizer()
+        .encode(&m.render(&[Message::new(Role::User, &retry_text)]).unwrap())
+        .unwrap();
+    let shared = first.iter().zip(&retry).take_while(|(a, b)| a == b).count();
+    assert!(
+        shared >= 128,
+        "the prompts share {shared} tokens: too few for two chunks"
+    );
+    let sampling = Sampling::TopP {
+        p: 0.95,
+        temperature: 0.9,
+    };
+    let before = m.reused_positions();
+    m.generate(&first, 8, sampling.clone(), 1).unwrap();
+    let reused = m.generate(&retry, 40, sampling.clone(), 2).unwrap();
+    assert!(
+        m.reused_positions() - before >= shared / 64 * 64,
+        "the retry reused {} positions of {shared} shared",
+        m.reused_positions() - before
+    );
+    let whole = m
+        .generate_batch(&[GenRequest {
+            prompt: retry,
+            max_tokens: 40,
+            sampling,
+            seed: 2,
+        }])
+        .unwrap()
+        .remove(0);
+    assert!(!whole.ids.is_empty());
+    assert_eq!(
+        reused, whole,
+        "from kept chunks against reading the whole prompt"
+    );
 }

@@ -32,6 +32,7 @@ pub(crate) struct BadInput(pub String);
 pub fn main() -> ExitCode {
     let args = Args::parse();
     local_threads(&args);
+    keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
@@ -63,6 +64,18 @@ fn local_threads(args: &Args) {
             std::env::set_var("CANDLE_NUM_THREADS", t.to_string());
             std::env::set_var("RAYON_NUM_THREADS", t.to_string());
         }
+    }
+}
+
+/// A model step allocates and frees buffers of megabytes; glibc returns blocks that large to
+/// the kernel on free, and the next step pays page faults to get them back (measured: 18% of
+/// reading a 1,500-token prompt). Keep them in the process instead.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only tunes the allocator; called first thing in `main`.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
 }
 

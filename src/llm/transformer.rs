@@ -17,6 +17,7 @@ use super::host_attention::{self, Heads, HostKv};
 use super::qcpu::{self, QActs, QWeights};
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
+use rayon::prelude::*;
 use std::sync::Arc;
 
 /// The shape of a model, read from its GGUF metadata or `config.json`.
@@ -341,6 +342,44 @@ impl SeqCache {
         self.len
     }
 
+    /// A copy of the first `n` positions (`n` ≤ [`len`](Self::len)), to start another
+    /// sequence that shares them; `None` for a device cache (not kept for reuse).
+    pub fn prefix(&self, n: usize) -> Option<SeqCache> {
+        if n > self.len {
+            return None;
+        }
+        let mut kv = Vec::with_capacity(self.kv.len());
+        for layer in &self.kv {
+            let LayerKv::Host(h) = layer else {
+                return None;
+            };
+            let (kn, vn) = (h.k.len() / self.len * n, h.v.len() / self.len * n);
+            kv.push(LayerKv::Host(HostKv {
+                k: h.k[..kn].to_vec(),
+                v: h.v[..vn].to_vec(),
+            }));
+        }
+        Some(SeqCache { kv, len: n })
+    }
+
+    /// Keep only the first `n` positions; false (and nothing changed) for a device cache.
+    pub fn truncate(&mut self, n: usize) -> bool {
+        if n > self.len || self.kv.iter().any(|l| matches!(l, LayerKv::Device(..))) {
+            return false;
+        }
+        for layer in &mut self.kv {
+            if let LayerKv::Host(h) = layer {
+                let (kn, vn) = (h.k.len() / self.len * n, h.v.len() / self.len * n);
+                h.k.truncate(kn);
+                h.k.shrink_to_fit();
+                h.v.truncate(vn);
+                h.v.shrink_to_fit();
+            }
+        }
+        self.len = n;
+        true
+    }
+
     /// Nothing read yet.
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -560,8 +599,7 @@ impl Transformer {
                 host_attention::rope(kr, c.head_dim, cos, sin, c.rope_neox);
                 kv.k.extend_from_slice(kr);
                 kv.v.extend_from_slice(&vh[off * kw..][..kw]);
-                host_attention::attend(qr, kv, pos + 1, h, &mut out[off * qw..][..qw]);
-                continue;
+                continue; // attends below, with the other new tokens
             }
             let qs = self.rope(&self.heads(q, off, len, c.n_head)?, pos)?;
             let ks = self.rope(&self.heads(k, off, len, c.n_kv_head)?, pos)?;
@@ -582,6 +620,28 @@ impl Transformer {
             let a = self.attend(&qs, &all(&kv.k)?, &all(&kv.v)?, mask.as_ref())?;
             let a: Vec<f32> = a.flatten_all()?.to_vec1()?;
             out[off * qw..][..len * qw].copy_from_slice(&a);
+        }
+        // The new tokens' attention, sequences side by side on the thread pool.
+        let new: Vec<(usize, usize, &HostKv)> = spans
+            .iter()
+            .zip(steps.iter())
+            .filter(|((_, len, _), _)| *len == 1)
+            .filter_map(|(&(off, _, pos), step)| match step.cache.kv.get(li) {
+                Some(LayerKv::Host(kv)) => Some((off, pos, kv)),
+                _ => None,
+            })
+            .collect();
+        let one = |&(off, pos, kv): &(usize, usize, &HostKv)| {
+            let mut o = vec![0f32; qw];
+            host_attention::attend(&qh[off * qw..][..qw], kv, pos + 1, h, &mut o);
+            (off, o)
+        };
+        let done: Vec<(usize, Vec<f32>)> = match new.len() {
+            0 | 1 => new.iter().map(one).collect(),
+            _ => new.par_iter().map(one).collect(),
+        };
+        for (off, o) in done {
+            out[off * qw..][..qw].copy_from_slice(&o);
         }
         Tensor::from_vec(out, (rows, qw), &self.device)
     }
