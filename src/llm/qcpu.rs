@@ -768,54 +768,42 @@ mod x86 {
         }
     }
 
+    /// A tile with a given row kernel: activation rows outside, weight rows inside, so a
+    /// chunk of rows and the tile's weights both stay in L1 while a prompt's rows go by; rows
+    /// [`ROWS`] at a time, then half as many, then one by one.
+    macro_rules! tile_with {
+        ($rows:ident, $w:expr, $a:expr, $j0:expr, $j1:expr, $out:expr) => {{
+            let (w, a, out) = ($w, $a, $out);
+            let mut r0 = 0;
+            while r0 + ROWS <= a.rows {
+                for j in $j0..$j1 {
+                    $rows::<ROWS>(w, a, j, r0, out);
+                }
+                r0 += ROWS;
+            }
+            if r0 + ROWS / 2 <= a.rows {
+                for j in $j0..$j1 {
+                    $rows::<{ ROWS / 2 }>(w, a, j, r0, out);
+                }
+                r0 += ROWS / 2;
+            }
+            while r0 < a.rows {
+                for j in $j0..$j1 {
+                    $rows::<1>(w, a, j, r0, out);
+                }
+                r0 += 1;
+            }
+        }};
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn tile_avx2(w: &QWeights, a: &QActs, j0: usize, j1: usize, out: Out) {
-        // Activation rows outside, weight rows inside: a chunk of rows and the tile's weights
-        // both stay in L1 while a prompt's rows go by.
-        let mut r0 = 0;
-        while r0 + ROWS <= a.rows {
-            for j in j0..j1 {
-                rows_avx2::<ROWS>(w, a, j, r0, out);
-            }
-            r0 += ROWS;
-        }
-        if r0 + ROWS / 2 <= a.rows {
-            for j in j0..j1 {
-                rows_avx2::<{ ROWS / 2 }>(w, a, j, r0, out);
-            }
-            r0 += ROWS / 2;
-        }
-        while r0 < a.rows {
-            for j in j0..j1 {
-                rows_avx2::<1>(w, a, j, r0, out);
-            }
-            r0 += 1;
-        }
+        tile_with!(rows_avx2, w, a, j0, j1, out)
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub(super) fn tile_vnni(w: &QWeights, a: &QActs, j0: usize, j1: usize, out: Out) {
-        // Activation rows outside, weight rows inside: a chunk of rows and the tile's weights
-        // both stay in L1 while a prompt's rows go by.
-        let mut r0 = 0;
-        while r0 + ROWS <= a.rows {
-            for j in j0..j1 {
-                rows_vnni::<ROWS>(w, a, j, r0, out);
-            }
-            r0 += ROWS;
-        }
-        if r0 + ROWS / 2 <= a.rows {
-            for j in j0..j1 {
-                rows_vnni::<{ ROWS / 2 }>(w, a, j, r0, out);
-            }
-            r0 += ROWS / 2;
-        }
-        while r0 < a.rows {
-            for j in j0..j1 {
-                rows_vnni::<1>(w, a, j, r0, out);
-            }
-            r0 += 1;
-        }
+        tile_with!(rows_vnni, w, a, j0, j1, out)
     }
 }
 

@@ -386,6 +386,18 @@ impl SeqCache {
     }
 }
 
+/// What a layer's attention reads: the layer, the step's projected rows, each sequence's
+/// (row offset, new tokens, cached positions) and causal mask.
+#[derive(Clone, Copy)]
+struct LayerIn<'a> {
+    li: usize,
+    q: &'a Tensor,
+    k: &'a Tensor,
+    v: &'a Tensor,
+    spans: &'a [(usize, usize, usize)],
+    masks: &'a [Option<Tensor>],
+}
+
 /// One sequence's part of a [`Transformer::forward`]: the tokens to read next, and its cache.
 pub struct Step<'a> {
     /// Tokens to read (the whole prompt at first, then one generated token at a time).
@@ -514,17 +526,8 @@ impl Transformer {
     }
 
     /// Attention on a GPU: every sequence through candle, its cache in device buffers.
-    #[allow(clippy::too_many_arguments)]
-    fn attention_device(
-        &self,
-        li: usize,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        spans: &[(usize, usize, usize)],
-        steps: &mut [Step<'_>],
-        masks: &[Option<Tensor>],
-    ) -> Result<Tensor> {
+    fn attention_device(&self, x: &LayerIn<'_>, steps: &mut [Step<'_>]) -> Result<Tensor> {
+        let (li, q, k, v, spans, masks) = (x.li, x.q, x.k, x.v, x.spans, x.masks);
         let c = &self.config;
         let mut outs = Vec::with_capacity(steps.len());
         for ((&(off, len, pos), step), mask) in spans.iter().zip(steps.iter_mut()).zip(masks) {
@@ -556,17 +559,8 @@ impl Transformer {
 
     /// Attention on the CPU: caches are host buffers; a single new token attends in plain
     /// Rust ([`host_attention`]), a prompt's tokens through candle's gemm.
-    #[allow(clippy::too_many_arguments)]
-    fn attention_host(
-        &self,
-        li: usize,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        spans: &[(usize, usize, usize)],
-        steps: &mut [Step<'_>],
-        masks: &[Option<Tensor>],
-    ) -> Result<Tensor> {
+    fn attention_host(&self, x: &LayerIn<'_>, steps: &mut [Step<'_>]) -> Result<Tensor> {
+        let (li, q, k, v, spans, masks) = (x.li, x.q, x.k, x.v, x.spans, x.masks);
         let c = &self.config;
         let h = Heads {
             n_head: c.n_head,
@@ -699,10 +693,18 @@ impl Transformer {
                 ],
                 &h,
             )?;
+            let x_in = LayerIn {
+                li,
+                q: &q,
+                k: &k,
+                v: &v,
+                spans: &spans,
+                masks: &masks,
+            };
             let a = if self.host_attention {
-                self.attention_host(li, &q, &k, &v, &spans, steps, &masks)?
+                self.attention_host(&x_in, steps)?
             } else {
-                self.attention_device(li, &q, &k, &v, &spans, steps, &masks)?
+                self.attention_device(&x_in, steps)?
             };
             x = (x + block.proj(Proj::O).forward(&a)?)?;
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, c.eps as f32)?;
