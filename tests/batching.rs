@@ -6,9 +6,9 @@
 use candle_transformers::generation::Sampling;
 use pipe::llm::local::{GenRequest, LocalModel};
 use pipe::llm::{Message, Role};
-use std::path::Path;
 
-const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+mod common;
+use common::{SMOLLM2, model};
 
 fn requests(m: &LocalModel, sampling: Sampling) -> Vec<GenRequest> {
     [
@@ -32,13 +32,7 @@ fn requests(m: &LocalModel, sampling: Sampling) -> Vec<GenRequest> {
 }
 
 fn check(sampling: Sampling) {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(SMOLLM2);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/setup.sh",
-        p.display()
-    );
-    let m = LocalModel::load(&p).unwrap();
+    let m = LocalModel::load(&model(SMOLLM2)).unwrap();
     let reqs = requests(&m, sampling);
     let alone: Vec<_> = reqs
         .iter()
@@ -89,8 +83,7 @@ fn a_batch_decodes_what_each_prompt_decodes_alone_seeded_sampling() {
 /// what reading the whole retry prompt gives.
 #[test]
 fn a_prompt_that_extends_a_finished_one_reuses_its_chunks_and_decodes_the_same() {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(SMOLLM2);
-    let m = LocalModel::load(&p).unwrap();
+    let m = LocalModel::load(&model(SMOLLM2)).unwrap();
     let task = "Write pytest tests for a Stack class. The class has push(x), which adds x on \
                 top; pop(), which removes and returns the top item and raises IndexError when \
                 the stack is empty; peek(), which returns the top item without removing it and \

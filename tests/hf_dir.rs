@@ -13,7 +13,8 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::path::Path;
 
-const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+mod common;
+use common::SMOLLM2;
 
 /// llama.cpp's converter permutes q/k rows for rotation in adjacent pairs; undo it.
 fn unpermute(w: &Tensor, heads: usize) -> Tensor {
@@ -111,12 +112,7 @@ fn write_hf_dir(gguf: &Path, m: &LocalModel, dir: &Path) {
 
 #[test]
 fn an_hf_directory_is_the_same_model_as_its_gguf() {
-    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join(SMOLLM2);
-    assert!(
-        gguf.exists(),
-        "{} is missing: run scripts/setup.sh",
-        gguf.display()
-    );
+    let gguf = common::model(SMOLLM2);
     let from_gguf = LocalModel::load(&gguf).unwrap();
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("smollm2-hf");

@@ -9,22 +9,10 @@ use pipe::llm::local::LocalModel;
 use pipe::llm::{Message, Role};
 use serde_json::{Value, json};
 
-use common::LlamaServer;
-use std::path::{Path, PathBuf};
+use common::{LlamaServer, SMOLLM2, model, softmax};
 use std::sync::OnceLock;
 
-const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const QWEN_05B: &str = "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
-
-fn model(rel: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/setup.sh",
-        p.display()
-    );
-    p
-}
 
 /// One llama.cpp server per model for the whole test process (f32 KV cache: see
 /// [`PROB_TOLERANCE`]).
@@ -134,13 +122,6 @@ fn qwen_token_ids_equal_llama_cpp() {
             "[PAD151665] is not special",
         ],
     );
-}
-
-fn softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let exp: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
-    let sum: f64 = exp.iter().sum();
-    exp.into_iter().map(|e| e / sum).collect()
 }
 
 /// Top-10 next-token probabilities may differ by this much (absolute). llama.cpp quantises

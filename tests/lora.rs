@@ -4,23 +4,16 @@
 mod common;
 
 use candle_core::{Device, Tensor};
+use common::{SMOLLM2, softmax};
 use pipe::llm::adapter::{Adapter, Target};
 use pipe::llm::local::LocalModel;
 use pipe::llm::transformer::{Proj, SeqCache, Transformer};
 use pipe::llm::{Message, Role};
 use serde_json::json;
-use std::path::{Path, PathBuf};
-
-const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+use std::path::PathBuf;
 
 fn smollm2() -> LocalModel {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(SMOLLM2);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/setup.sh",
-        p.display()
-    );
-    LocalModel::load(&p).unwrap()
+    LocalModel::load(&common::model(SMOLLM2)).unwrap()
 }
 
 /// Deterministic pseudo-random values in [-amp, amp).
@@ -195,13 +188,6 @@ fn peft_files_and_adapter_gguf_load_to_the_same_model() {
     );
 }
 
-fn probs(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().copied().fold(f32::MIN, f32::max) as f64;
-    let e: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.into_iter().map(|v| v / s).collect()
-}
-
 /// llama.cpp (`--lora`) reads the adapter GGUF we write and gets the distribution we get.
 #[test]
 fn llama_cpp_applies_our_adapter_gguf_as_we_do() {
@@ -213,8 +199,8 @@ fn llama_cpp_applies_our_adapter_gguf_as_we_do() {
     a.write_gguf(&gguf, "llama").unwrap();
     let tuned = Adapter::read(&gguf).unwrap().apply(base, 1.0).unwrap();
     let ids = prompt(&m);
-    let ours = probs(&logits(&tuned, &ids));
-    let plain = probs(&logits(base, &ids));
+    let ours = softmax(&logits(&tuned, &ids));
+    let plain = softmax(&logits(base, &ids));
 
     let srv = common::LlamaServer::start(
         SMOLLM2,

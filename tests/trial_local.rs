@@ -10,12 +10,7 @@ use std::path::Path;
 
 #[test]
 fn a_trial_on_the_local_backend() {
-    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        gguf.exists(),
-        "{} is missing: run scripts/setup.sh",
-        gguf.display()
-    );
+    let gguf = common::model(common::SMOLLM2);
     let p = Project::local(&gguf, &["stack"], 1, 0);
     let cfg = std::fs::read_to_string(p.path("pipeline.toml"))
         .unwrap()

@@ -136,7 +136,7 @@ struct Loaded {
     model: Arc<Transformer>,
     /// The decoding thread's inbox, started on first use.
     batcher: OnceLock<mpsc::Sender<Job>>,
-    /// Prompt positions the decoding thread took from kept prefixes instead of reading.
+    /// Prompt positions taken from kept prefixes instead of read.
     reused: Arc<AtomicUsize>,
 }
 
@@ -309,18 +309,18 @@ struct Decoder<'m> {
     live: Vec<(Live, mpsc::Sender<Result<Generation, String>>)>,
     /// Up to [`PREFIXES`], least recently used first.
     prefixes: Vec<Prefix>,
-    /// Prompt positions taken from `prefixes` instead of read.
-    reused: usize,
+    /// Counts prompt positions taken from `prefixes` instead of read (the model's counter).
+    reused: &'m AtomicUsize,
 }
 
 impl<'m> Decoder<'m> {
-    fn new(model: &'m Transformer, stops: &'m [u32]) -> Self {
+    fn new(model: &'m Transformer, stops: &'m [u32], reused: &'m AtomicUsize) -> Self {
         Decoder {
             model,
             stops,
             live: Vec::new(),
             prefixes: Vec::new(),
-            reused: 0,
+            reused,
         }
     }
 
@@ -347,7 +347,7 @@ impl<'m> Decoder<'m> {
             let cache = p.cache.prefix(n);
             self.prefixes.push(p);
             if let Some(cache) = cache {
-                self.reused += n;
+                self.reused.fetch_add(n, Ordering::Relaxed);
                 return (cache, n);
             }
         }
@@ -506,7 +506,7 @@ impl<'m> Decoder<'m> {
 /// The decoding thread: admit whoever is waiting (up to [`MAX_BATCH`]), step everyone, repeat;
 /// sleep when nobody is live.
 fn batch_loop(model: &Transformer, stops: &[u32], rx: mpsc::Receiver<Job>, reused: &AtomicUsize) {
-    let mut d = Decoder::new(model, stops);
+    let mut d = Decoder::new(model, stops, reused);
     loop {
         if d.live.is_empty() {
             match rx.recv() {
@@ -520,7 +520,6 @@ fn batch_loop(model: &Transformer, stops: &[u32], rx: mpsc::Receiver<Job>, reuse
                 Err(_) => break,
             }
         }
-        reused.store(d.reused, Ordering::Relaxed);
         if !d.live.is_empty() {
             d.step();
         }
@@ -687,8 +686,7 @@ impl LocalModel {
             })
     }
 
-    /// Prompt positions the decoding thread has taken from kept prefixes (see [`CHUNK`])
-    /// instead of reading them.
+    /// Prompt positions taken from kept prefixes (see [`CHUNK`]) instead of read.
     pub fn reused_positions(&self) -> usize {
         self.inner.reused.load(Ordering::Relaxed)
     }
@@ -697,7 +695,7 @@ impl LocalModel {
     /// use it to control exactly what is batched with what), with no kept prefixes.
     pub fn generate_batch(&self, reqs: &[GenRequest]) -> Result<Vec<Generation>, LocalError> {
         let l = &self.inner;
-        let mut d = Decoder::new(&l.model, l.tokenizer.end_of_generation());
+        let mut d = Decoder::new(&l.model, l.tokenizer.end_of_generation(), &l.reused);
         let answers: Vec<_> = reqs
             .iter()
             .map(|r| {

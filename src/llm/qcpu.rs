@@ -3,10 +3,11 @@
 //! Why this exists: a decoding step reads every weight once, so its speed is the bytes a weight
 //! takes and the instructions spent on each. Widening weights to f32 (what our first kernel
 //! did) costs several instructions a weight and left the 1.5B model at 0.4× llama.cpp. Here,
-//! as in llama.cpp, the activations are quantised too — to i8 with one scale per 32 — and a
-//! weight block meets an activation block in one integer instruction for every 32 or 64 byte
-//! pairs (`vpdpbusd` with AVX-512 VNNI; `vpmaddubsw` + `vpmaddwd` with AVX2). The float work is
-//! left to once per 32 weights: `y += (s_w · s_x) · Σ q_w q_x + o_w · Σ x`.
+//! as in llama.cpp, the activations are quantised too — here in two i8 parts per 32 (about 16
+//! bits; see [`QActs::quantize`] for why two) — and a weight block meets an activation block in
+//! one integer instruction for every 32 or 64 byte pairs and part (`vpdpbusd` with AVX-512
+//! VNNI; `vpmaddubsw` + `vpmaddwd` with AVX2). The float work is left to once per 32 weights:
+//! `y += (s_w · d₂) · Σ q_w (256 q_x + q₂_x) + o_w · Σ x`.
 //!
 //! The weights keep the form the GGUF gives them where that form is affine with one scale per
 //! 32 — Q4_0, Q4_1 and Q4_K as exact 4-bit codes (0.625 bytes a weight), Q8_0 as exact 8-bit
@@ -123,9 +124,10 @@ fn min_max(wb: &[f32]) -> (f32, f32) {
     (lo, hi)
 }
 
-/// The block as `lo + step · code` with codes `0..=levels` and f16 `lo` and `step`, if every
-/// weight is exactly that.
-fn fit_grid(wb: &[f32], levels: u8) -> Option<Block> {
+/// The block on a grid of `levels` steps from its min to its max, with f16 `lo` and `step`
+/// (so codes are chosen against the grid as it will be stored); and whether every weight is
+/// exactly on it.
+fn grid(wb: &[f32], levels: u8) -> (Block, bool) {
     let (lo, hi) = min_max(wb);
     let lo = f16::from_f32(lo).to_f32();
     let step = f16::from_f32((hi - lo) / levels as f32).to_f32();
@@ -134,6 +136,7 @@ fn fit_grid(wb: &[f32], levels: u8) -> Option<Block> {
         offset: lo,
         codes: [0; BLOCK],
     };
+    let mut exact = true;
     for (c, &x) in blk.codes.iter_mut().zip(wb) {
         let q = if step > 0.0 {
             ((x - lo) / step).round().clamp(0.0, levels as f32)
@@ -141,9 +144,15 @@ fn fit_grid(wb: &[f32], levels: u8) -> Option<Block> {
             0.0
         };
         *c = q as u8;
-        (lo + step * q == x).then_some(())?;
+        exact &= lo + step * q == x;
     }
-    Some(blk)
+    (blk, exact)
+}
+
+/// The block as `lo + step · code` with codes `0..=levels`, if every weight is exactly that.
+fn fit_grid(wb: &[f32], levels: u8) -> Option<Block> {
+    let (blk, exact) = grid(wb, levels);
+    exact.then_some(blk)
 }
 
 /// The block as Q8_0 dequantises: `d · q`, `d = max|w| / 127` in f16, if every weight is
@@ -163,25 +172,6 @@ fn fit_symmetric(wb: &[f32]) -> Option<Block> {
         *c = (q + 128.0) as u8;
     }
     Some(blk)
-}
-
-/// The block on an 8-bit grid from its min to its max (f16, so codes are chosen against the
-/// grid as it will be stored).
-fn min_max_grid(wb: &[f32]) -> Block {
-    let (lo, hi) = min_max(wb);
-    let lo = f16::from_f32(lo).to_f32();
-    let step = f16::from_f32((hi - lo) / 255.0).to_f32();
-    let mut blk = Block {
-        scale: step,
-        offset: lo,
-        codes: [0; BLOCK],
-    };
-    if step > 0.0 {
-        for (c, &x) in blk.codes.iter_mut().zip(wb) {
-            *c = ((x - lo) / step).round().clamp(0.0, 255.0) as u8;
-        }
-    }
-    blk
 }
 
 impl QWeights {
@@ -257,7 +247,7 @@ impl QWeights {
             {
                 *blk = fit_grid(wb, 15)
                     .or_else(|| fit_symmetric(wb))
-                    .unwrap_or_else(|| min_max_grid(wb));
+                    .unwrap_or_else(|| grid(wb, 255).0);
             }
         })
     }
@@ -372,8 +362,8 @@ impl QWeights {
     }
 }
 
-/// Activation rows quantised to i8 with one scale per block, in the weights' group layout,
-/// with each block's exact f32 sum (for the weights' offsets).
+/// Activation rows quantised in two i8 parts with one scale per block, in the weights' group
+/// layout, with each block's exact f32 sum (for the weights' offsets).
 #[derive(Debug, Clone)]
 pub struct QActs {
     q: Vec<i8>,
@@ -655,22 +645,31 @@ mod x86 {
             unsafe {
                 let p = w.codes.as_ptr().add((j * groups + g) * gb);
                 prefetch(w, p, (j * groups + g) * BLOCKS);
-                // The weights' 8 chunks, lined up with the activations' chunks 0..8.
-                let mut wv = [_mm256_setzero_si256(); 8];
+                // The weights' 8 chunks, lined up with the activations' chunks 0..8, as codes
+                // ≤ 15 (pair sums fit `vpmaddubsw`'s i16): 4-bit codes as they are, 8-bit ones
+                // split into low nibbles and high nibbles (which count 16 times).
+                let mut lo = [_mm256_setzero_si256(); 8];
+                let mut hi = None;
                 match w.bits {
                     Bits::Four => {
                         for c in 0..4 {
                             let v = _mm256_loadu_si256(p.add(32 * c) as *const __m256i);
-                            wv[c] = _mm256_and_si256(v, nib);
-                            wv[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+                            lo[c] = _mm256_and_si256(v, nib);
+                            lo[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
                         }
                     }
                     Bits::Eight => {
-                        for (c, v) in wv.iter_mut().enumerate() {
-                            *v = _mm256_loadu_si256(p.add(32 * c) as *const __m256i);
+                        let mut h = [_mm256_setzero_si256(); 8];
+                        for c in 0..8 {
+                            let v = _mm256_loadu_si256(p.add(32 * c) as *const __m256i);
+                            lo[c] = _mm256_and_si256(v, nib);
+                            h[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
                         }
+                        hi = Some(h);
                     }
                 }
+                let dot =
+                    |w: __m256i, x: __m256i| _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
                 let k = (j * groups + g) * BLOCKS;
                 let (ws, wo) = scales(w, k);
                 for (i, acc) in acc.iter_mut().enumerate() {
@@ -680,21 +679,12 @@ mod x86 {
                     let isum = parts.map(|q| {
                         let q = q as *const __m256i;
                         let mut isum = _mm256_setzero_si256();
-                        for (c, &wc) in wv.iter().enumerate() {
+                        for c in 0..8 {
                             let x = _mm256_loadu_si256(q.add(c));
-                            let dot = match w.bits {
-                                // Codes ≤ 15: pair sums fit i16.
-                                Bits::Four => _mm256_madd_epi16(_mm256_maddubs_epi16(wc, x), ones),
-                                // Codes up to 255 would saturate i16: split into nibbles.
-                                Bits::Eight => {
-                                    let lo = _mm256_and_si256(wc, nib);
-                                    let hi = _mm256_and_si256(_mm256_srli_epi16(wc, 4), nib);
-                                    let lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x), ones);
-                                    let hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x), ones);
-                                    _mm256_add_epi32(lo, _mm256_slli_epi32(hi, 4))
-                                }
-                            };
-                            isum = _mm256_add_epi32(isum, dot);
+                            isum = _mm256_add_epi32(isum, dot(lo[c], x));
+                            if let Some(h) = &hi {
+                                isum = _mm256_add_epi32(isum, _mm256_slli_epi32(dot(h[c], x), 4));
+                            }
                         }
                         isum
                     });
@@ -813,20 +803,25 @@ mod x86 {
 /// # Panics
 /// When the sizes do not agree.
 pub fn matmul(x: &QActs, w: &QWeights) -> Vec<f32> {
-    matmul_with(Kernel::best(), x, w)
+    run(Kernel::best(), x, w)
 }
 
 /// [`matmul`] with a chosen kernel (tests compare them). `kernel` must be one of
 /// [`Kernel::available`].
 pub fn matmul_with(kernel: Kernel, x: &QActs, w: &QWeights) -> Vec<f32> {
+    assert!(
+        Kernel::available().contains(&kernel),
+        "this CPU cannot run {kernel:?}"
+    );
+    run(kernel, x, w)
+}
+
+/// [`matmul`] with `kernel`, which the caller has checked this CPU runs.
+fn run(kernel: Kernel, x: &QActs, w: &QWeights) -> Vec<f32> {
     assert_eq!(
         x.cols, w.cols,
         "activations have {} columns, weights {}",
         x.cols, w.cols
-    );
-    assert!(
-        Kernel::available().contains(&kernel),
-        "this CPU cannot run {kernel:?}"
     );
     let n = w.rows;
     let mut y = vec![0f32; x.rows * n];

@@ -353,10 +353,10 @@ impl SeqCache {
             let LayerKv::Host(h) = layer else {
                 return None;
             };
-            let (kn, vn) = (h.k.len() / self.len * n, h.v.len() / self.len * n);
+            let keep = h.k.len() / self.len * n; // keys and values are the same size
             kv.push(LayerKv::Host(HostKv {
-                k: h.k[..kn].to_vec(),
-                v: h.v[..vn].to_vec(),
+                k: h.k[..keep].to_vec(),
+                v: h.v[..keep].to_vec(),
             }));
         }
         Some(SeqCache { kv, len: n })
@@ -369,11 +369,11 @@ impl SeqCache {
         }
         for layer in &mut self.kv {
             if let LayerKv::Host(h) = layer {
-                let (kn, vn) = (h.k.len() / self.len * n, h.v.len() / self.len * n);
-                h.k.truncate(kn);
-                h.k.shrink_to_fit();
-                h.v.truncate(vn);
-                h.v.shrink_to_fit();
+                let keep = h.k.len() / self.len * n;
+                for buf in [&mut h.k, &mut h.v] {
+                    buf.truncate(keep);
+                    buf.shrink_to_fit();
+                }
             }
         }
         self.len = n;

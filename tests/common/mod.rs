@@ -299,12 +299,7 @@ impl LlamaServer {
     ) -> LlamaServer {
         use std::io::BufRead;
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let model = root.join(model);
-        assert!(
-            model.exists(),
-            "{} is missing: run scripts/setup.sh",
-            model.display()
-        );
+        let model = self::model(model);
         let mut child = Command::new(venv().join("bin/python"))
             .arg(root.join("scripts/llama_server.py"))
             .args(["--model", model.to_str().unwrap(), "--port", "0"])
@@ -330,14 +325,30 @@ impl LlamaServer {
 
     /// SmolLM2 with `parallel` slots of `ctx` tokens each, one thread per slot.
     pub fn smollm2(parallel: u32, ctx: u32) -> LlamaServer {
-        Self::start(
-            "models/SmolLM2-135M-Instruct.Q4_1.gguf",
-            1,
-            ctx,
-            parallel,
-            &[],
-        )
+        Self::start(SMOLLM2, 1, ctx, parallel, &[])
     }
+}
+
+/// The small model every model test runs (fetched by scripts/setup.sh).
+pub const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// A model file of the repo (`rel` to its root), which scripts/setup.sh must have fetched.
+pub fn model(rel: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh",
+        p.display()
+    );
+    p
+}
+
+/// Probabilities from logits, in f64.
+pub fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let exp: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
 }
 
 /// The repo's Python venv (made by scripts/setup.sh).
