@@ -16,8 +16,8 @@
 mod common;
 
 use candle_transformers::generation::Sampling;
-use pipe::llm::local::{GenRequest, LocalModel};
-use pipe::llm::{Message, Role};
+use pipe::chat::local::{GenRequest, LocalModel};
+use pipe::chat::{Message, Role};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Instant;

@@ -15,12 +15,13 @@
 #![deny(missing_docs)]
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod chat;
 pub mod config;
 pub mod engine;
 pub mod guard;
 pub mod inspect;
 pub mod key;
-pub mod llm;
+pub mod model;
 pub mod progress;
 pub mod report;
 pub mod stages;

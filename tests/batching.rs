@@ -4,8 +4,8 @@
 //! prompt started from a finished one's kept chunks gives what reading it whole gives.
 
 use candle_transformers::generation::Sampling;
-use pipe::llm::local::{GenRequest, LocalModel};
-use pipe::llm::{Message, Role};
+use pipe::chat::local::{GenRequest, LocalModel};
+use pipe::chat::{Message, Role};
 
 mod common;
 use common::{SMOLLM2, model};

@@ -1,33 +1,24 @@
 //! A Hugging Face checkpoint directory on the local backend: SmolLM2's GGUF written out the
 //! way Hugging Face lays a llama checkpoint out (q/k un-permuted back to rotate-half order,
 //! tokenizer.json, tokenizer_config.json with the chat template), loaded back, must be the
-//! same model: same prompt ids, same logits up to rounding, same greedy tokens.
+//! same model: same prompt ids, same logits up to rounding, same greedy tokens — and a PEFT
+//! adapter means the same thing on either.
 
+use candle_core::Device;
 use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
-use pipe::llm::local::LocalModel;
-use pipe::llm::source::Source;
-use pipe::llm::transformer::SeqCache;
-use pipe::llm::{Message, Role};
+use pipe::chat::local::LocalModel;
+use pipe::chat::{Message, Role};
+use pipe::model::config::Proj;
+use pipe::model::infer::SeqCache;
+use pipe::model::lora::{Adapter, Target};
+use pipe::model::rope::{QkOrder, to_halves};
+use pipe::model::source::Source;
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::Path;
 
 mod common;
-use common::SMOLLM2;
-
-/// llama.cpp's converter permutes q/k rows for rotation in adjacent pairs; undo it.
-fn unpermute(w: &Tensor, heads: usize) -> Tensor {
-    let (out, inp) = w.dims2().unwrap();
-    w.reshape((heads, out / heads / 2, 2, inp))
-        .unwrap()
-        .transpose(1, 2)
-        .unwrap()
-        .contiguous()
-        .unwrap()
-        .reshape((out, inp))
-        .unwrap()
-}
+use common::{SMOLLM2, matrix};
 
 fn write_hf_dir(gguf: &Path, m: &LocalModel, dir: &Path) {
     let mut f = std::fs::File::open(gguf).unwrap();
@@ -67,9 +58,9 @@ fn write_hf_dir(gguf: &Path, m: &LocalModel, dir: &Path) {
             }
         };
         let t = if name.ends_with("attn_q.weight") {
-            unpermute(&t, heads)
+            to_halves(&t, heads).unwrap()
         } else if name.ends_with("attn_k.weight") {
-            unpermute(&t, kv_heads)
+            to_halves(&t, kv_heads).unwrap()
         } else {
             t
         };
@@ -166,4 +157,76 @@ fn an_hf_directory_is_the_same_model_as_its_gguf() {
         .unwrap()
         .to_string();
     assert!(e.contains("nothing"), "{e}");
+}
+
+/// A PEFT adapter is in Hugging Face row order; SmolLM2's GGUF holds llama's q/k rows permuted
+/// for llama.cpp's rotation. Applied to either, the adapter must give the same model.
+#[test]
+fn a_peft_adapter_means_the_same_on_the_gguf_and_on_hf_order_weights() {
+    let gguf = common::model(SMOLLM2);
+    let from_gguf = LocalModel::load(&gguf).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("smollm2-hf");
+    write_hf_dir(&gguf, &from_gguf, &dir);
+    let hf = LocalModel::open(&Source::HfDir(dir.clone()), None).unwrap();
+    let config = hf.transformer().config.clone();
+
+    // q and k are the projections whose rows the two layouts order differently; v does not.
+    let (rank, mut targets) = (8, Vec::new());
+    for (i, blk) in hf.transformer().blocks.iter().enumerate() {
+        for (j, p) in [Proj::Q, Proj::K, Proj::V].into_iter().enumerate() {
+            let (out, inp) = blk.proj(p).shape();
+            let seed = (i * 8 + j) as u64;
+            targets.push(Target {
+                block: i,
+                proj: p,
+                a: matrix(rank, inp, seed, 0.1),
+                b: matrix(out, rank, seed + 500, 0.05),
+            });
+        }
+    }
+    let adapter = Adapter {
+        targets,
+        alpha: 16.0,
+        rank,
+        rslora: false,
+        order: QkOrder::Halves,
+    };
+    let peft = d.path().join("peft");
+    adapter
+        .write_peft(&peft, "HuggingFaceTB/SmolLM2-135M-Instruct", &config)
+        .unwrap();
+
+    let on_gguf = LocalModel::open(&Source::Gguf(gguf), Some((&peft, 1.0))).unwrap();
+    let on_hf = LocalModel::open(&Source::HfDir(dir), Some((&peft, 1.0))).unwrap();
+    let msgs = [Message::new(
+        Role::User,
+        "Write a Python function that adds two numbers.",
+    )];
+    let ids = on_gguf
+        .tokenizer()
+        .encode(&on_gguf.render(&msgs).unwrap())
+        .unwrap();
+    let logits = |m: &LocalModel| {
+        m.transformer()
+            .forward_one(&ids, &mut SeqCache::default())
+            .unwrap()
+    };
+    let diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    let (g, h) = (logits(&on_gguf), logits(&on_hf));
+    let moved = diff(&h, &logits(&hf));
+    assert!(
+        moved > 0.5,
+        "the adapter must move the logits well past rounding for this to mean anything ({moved})"
+    );
+    let worst = diff(&g, &h);
+    assert!(
+        worst < 1e-2,
+        "the adapter on the GGUF and on the HF-order weights differ by up to {worst} (moved {moved})"
+    );
 }

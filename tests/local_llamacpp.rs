@@ -4,9 +4,9 @@
 
 mod common;
 
-use pipe::llm::gguf_tokenizer::GgufTokenizer;
-use pipe::llm::local::LocalModel;
-use pipe::llm::{Message, Role};
+use pipe::chat::local::LocalModel;
+use pipe::chat::{Message, Role};
+use pipe::model::tokenizer::GgufTokenizer;
 use serde_json::{Value, json};
 
 use common::{LlamaServer, SMOLLM2, model, softmax};

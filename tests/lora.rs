@@ -4,35 +4,18 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{SMOLLM2, softmax};
-use pipe::llm::adapter::{Adapter, Target};
-use pipe::llm::local::LocalModel;
-use pipe::llm::transformer::{Proj, SeqCache, Transformer};
-use pipe::llm::{Message, Role};
+use common::{SMOLLM2, matrix, softmax, values};
+use pipe::chat::local::LocalModel;
+use pipe::chat::{Message, Role};
+use pipe::model::config::Proj;
+use pipe::model::infer::{SeqCache, Transformer};
+use pipe::model::lora::{Adapter, Target};
+use pipe::model::rope::QkOrder;
 use serde_json::json;
 use std::path::PathBuf;
 
 fn smollm2() -> LocalModel {
     LocalModel::load(&common::model(SMOLLM2)).unwrap()
-}
-
-/// Deterministic pseudo-random values in [-amp, amp).
-fn values(n: usize, seed: u64, amp: f32) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
-        })
-        .collect()
-}
-
-fn matrix(rows: usize, cols: usize, seed: u64, amp: f32) -> Tensor {
-    Tensor::from_vec(values(rows * cols, seed, amp), (rows, cols), &Device::Cpu).unwrap()
 }
 
 /// An adapter of `rank` on `projs` of every block; B is zero when `amp_b` is 0.
@@ -55,6 +38,8 @@ fn adapter(m: &Transformer, projs: &[Proj], rank: usize, alpha: f64, amp_b: f32)
         alpha,
         rank,
         rslora: false,
+        // B as the model holds its rows (SmolLM2's GGUF: llama.cpp's permuted q/k).
+        order: QkOrder::of(&m.config),
     }
 }
 
@@ -151,10 +136,10 @@ fn peft_files_and_adapter_gguf_load_to_the_same_model() {
     let a = adapter(base, &[Proj::Q, Proj::V, Proj::Up], 4, 8.0, 0.05);
     let dir = tmp();
     let peft = dir.path().join("peft");
-    a.write_peft(&peft, "HuggingFaceTB/SmolLM2-135M-Instruct")
+    a.write_peft(&peft, "HuggingFaceTB/SmolLM2-135M-Instruct", &base.config)
         .unwrap();
     let gguf = dir.path().join("adapter.gguf");
-    a.write_gguf(&gguf, "llama").unwrap();
+    a.write_gguf(&gguf, "llama", &base.config).unwrap();
 
     let from_peft = Adapter::read(&peft).unwrap();
     let from_gguf = Adapter::read(&gguf).unwrap();
@@ -196,7 +181,7 @@ fn llama_cpp_applies_our_adapter_gguf_as_we_do() {
     let a = adapter(base, &[Proj::Q, Proj::V, Proj::Down], 4, 8.0, 0.08);
     let dir = tmp();
     let gguf: PathBuf = dir.path().join("adapter.gguf");
-    a.write_gguf(&gguf, "llama").unwrap();
+    a.write_gguf(&gguf, "llama", &base.config).unwrap();
     let tuned = Adapter::read(&gguf).unwrap().apply(base, 1.0).unwrap();
     let ids = prompt(&m);
     let ours = softmax(&logits(&tuned, &ids));

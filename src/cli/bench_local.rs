@@ -7,9 +7,9 @@ use super::Exit;
 use anyhow::{Context as _, Result};
 use candle_core::Device;
 use candle_transformers::generation::Sampling;
-use pipe::llm::local::{GenRequest, LocalModel};
-use pipe::llm::source::Source;
-use pipe::llm::{Message, Role};
+use pipe::chat::local::{GenRequest, LocalModel};
+use pipe::chat::{Message, Role};
+use pipe::model::source::Source;
 use std::path::Path;
 use std::time::Instant;
 

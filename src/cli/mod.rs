@@ -90,7 +90,7 @@ fn default_jobs(l: &Loaded) -> usize {
         .values()
         .any(|m| *m.backend.get_ref() == pipe::config::Backend::Local);
     if local {
-        cpus.max(pipe::llm::local::MAX_BATCH)
+        cpus.max(pipe::chat::local::MAX_BATCH)
     } else {
         cpus
     }

@@ -7,14 +7,14 @@
 //! never makes `status` slow or wrong, and a changed model behind the same name shows up as
 //! stale after the next build's probe.
 
+use crate::chat::ChatModel;
+use crate::chat::local::LocalModel;
+use crate::chat::openai::{OpenAi, OpenAiConfig};
 use crate::config::{Backend, Loaded, ModelSpec, Role};
 use crate::guard::PyEnv;
-use crate::llm::ChatModel;
-use crate::llm::adapter::{PEFT_CONFIG, PEFT_WEIGHTS};
-use crate::llm::hf_model;
-use crate::llm::local::LocalModel;
-use crate::llm::openai::{OpenAi, OpenAiConfig};
-use crate::llm::source::{Source, ollama_dirs, resolve_ollama};
+use crate::model::hf;
+use crate::model::lora::{PEFT_CONFIG, PEFT_WEIGHTS};
+use crate::model::source::{Source, ollama_dirs, resolve_ollama};
 use crate::store::Store;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -231,7 +231,7 @@ fn local_files(loaded: &Loaded, spec: &ModelSpec) -> Result<LocalFiles, String> 
         (Source::Gguf(m.gguf.clone()), vec![m.gguf])
     } else if let Some(d) = &spec.hf_dir {
         let d = loaded.dir.join(d);
-        let files = hf_model::files(&d).map_err(|e| e.to_string())?;
+        let files = hf::files(&d).map_err(|e| e.to_string())?;
         (Source::HfDir(d), files)
     } else {
         return Err("a local model needs one of `gguf`, `ollama`, `hf_dir`".into());

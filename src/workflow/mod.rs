@@ -9,8 +9,8 @@
 pub mod extract;
 pub mod prompts;
 
+use crate::chat::{ChatModel, ChatRequest, LlmError, Message, Role};
 use crate::guard::{self, GuardError, Limits, MutationReport, PyEnv};
-use crate::llm::{ChatModel, ChatRequest, LlmError, Message, Role};
 use extract::Shape;
 use prompts::{PromptError, Prompts};
 use serde::{Deserialize, Serialize};

@@ -351,6 +351,30 @@ pub fn softmax(logits: &[f32]) -> Vec<f64> {
     exp.into_iter().map(|e| e / sum).collect()
 }
 
+/// Deterministic pseudo-random values in [-amp, amp).
+pub fn values(n: usize, seed: u64, amp: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
+        })
+        .collect()
+}
+
+pub fn matrix(rows: usize, cols: usize, seed: u64, amp: f32) -> candle_core::Tensor {
+    candle_core::Tensor::from_vec(
+        values(rows * cols, seed, amp),
+        (rows, cols),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+}
+
 /// The repo's Python venv (made by scripts/setup.sh).
 pub fn venv() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv")

@@ -4,8 +4,14 @@
 //!
 //! An adapter is applied unmerged: each targeted projection computes `W x + scale · B A x`,
 //! so the quantised base weights stay shared between the base and the fine-tuned model.
+//!
+//! The two formats disagree on a llama model's q/k rows (PEFT: rotate-half order; llama.cpp:
+//! permuted, like its base GGUF), so an adapter remembers its [`QkOrder`] and `B` is reordered
+//! ([`super::rope`]) whenever it meets a base or a file of the other order.
 
-use super::transformer::{Lora, Proj, Transformer};
+use super::config::{Config, Proj};
+use super::infer::{Lora, Transformer};
+use super::rope::{self, QkOrder};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -66,6 +72,9 @@ pub struct Adapter {
     pub rank: usize,
     /// rsLoRA: the scale is `alpha / sqrt(rank)`.
     pub rslora: bool,
+    /// The order of `B`'s q/k rows: [`QkOrder::Halves`] as PEFT writes them,
+    /// [`QkOrder::Pairs`] as llama.cpp writes a llama adapter.
+    pub order: QkOrder,
 }
 
 /// A and B as read, by block and projection (either may be missing until both are read).
@@ -198,6 +207,7 @@ impl Adapter {
             cfg.lora_alpha,
             cfg.use_rslora,
             Some(cfg.r),
+            QkOrder::Halves,
             &w_path,
         )
     }
@@ -268,7 +278,8 @@ impl Adapter {
             .unwrap_or(1);
         // llama.cpp: scale = alpha / rank, or 1 when the file gives no alpha.
         let alpha = if alpha == 0.0 { rank as f64 } else { alpha };
-        Adapter::checked(targets, alpha, false, None, path)
+        let order = QkOrder::of_gguf(text("general.architecture").as_deref().unwrap_or(""));
+        Adapter::checked(targets, alpha, false, None, order, path)
     }
 
     /// Check every target's shapes and the common rank; sort targets for a stable order.
@@ -277,6 +288,7 @@ impl Adapter {
         alpha: f64,
         rslora: bool,
         rank: Option<usize>,
+        order: QkOrder,
         path: &Path,
     ) -> Result<Adapter, AdapterError> {
         let bad = |why: String| AdapterError::Format {
@@ -309,7 +321,18 @@ impl Adapter {
             alpha,
             rank,
             rslora,
+            order,
         })
+    }
+
+    /// This adapter with `B`'s q/k rows in `order`, for a model of shape `config`.
+    pub fn in_order(&self, order: QkOrder, config: &Config) -> candle_core::Result<Adapter> {
+        let mut out = self.clone();
+        for t in &mut out.targets {
+            t.b = rope::reorder(&t.b, t.proj, self.order, order, config)?;
+        }
+        out.order = order;
+        Ok(out)
     }
 
     /// `base` with this adapter on, times `user_scale` (1 for the adapter as trained).
@@ -318,7 +341,8 @@ impl Adapter {
         let mut m = base.clone();
         let scale = self.scale() * user_scale;
         let device = base.device().clone();
-        for t in &self.targets {
+        let this = self.in_order(QkOrder::of(&base.config), &base.config)?;
+        for t in &this.targets {
             let Some(block) = m.blocks.get_mut(t.block) else {
                 candle_core::bail!(
                     "the adapter names layer {} but the model has {}",
@@ -335,9 +359,20 @@ impl Adapter {
         Ok(m)
     }
 
-    /// Write PEFT's two files into `dir` (created), with module names as a Hugging Face
-    /// llama/qwen2 checkpoint has them.
-    pub fn write_peft(&self, dir: &Path, base_model: &str) -> Result<(), AdapterError> {
+    /// Write PEFT's two files into `dir` (created), with module names and q/k row order as a
+    /// Hugging Face llama/qwen2 checkpoint of shape `config` has them.
+    pub fn write_peft(
+        &self,
+        dir: &Path,
+        base_model: &str,
+        config: &Config,
+    ) -> Result<(), AdapterError> {
+        let this =
+            self.in_order(QkOrder::Halves, config)
+                .map_err(|source| AdapterError::Candle {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
         std::fs::create_dir_all(dir).map_err(|source| AdapterError::Io {
             path: dir.to_path_buf(),
             source,
@@ -368,7 +403,7 @@ impl Adapter {
             source,
         })?;
         let mut tensors = HashMap::new();
-        for t in &self.targets {
+        for t in &this.targets {
             let stem = format!("base_model.model.model.layers.{}.{}", t.block, t.proj.hf());
             tensors.insert(format!("{stem}.lora_A.weight"), t.a.clone());
             tensors.insert(format!("{stem}.lora_B.weight"), t.b.clone());
@@ -380,14 +415,18 @@ impl Adapter {
         })
     }
 
-    /// Write a llama.cpp adapter GGUF (f32 tensors) for a base model of `arch`.
-    pub fn write_gguf(&self, path: &Path, arch: &str) -> Result<(), AdapterError> {
+    /// Write a llama.cpp adapter GGUF (f32 tensors, q/k rows as llama.cpp orders them) for a
+    /// base model of `arch` and shape `config`.
+    pub fn write_gguf(&self, path: &Path, arch: &str, config: &Config) -> Result<(), AdapterError> {
         let candle = |source| AdapterError::Candle {
             path: path.to_path_buf(),
             source,
         };
-        let mut named = Vec::with_capacity(self.targets.len() * 2);
-        for t in &self.targets {
+        let this = self
+            .in_order(QkOrder::of_gguf(arch), config)
+            .map_err(candle)?;
+        let mut named = Vec::with_capacity(this.targets.len() * 2);
+        for t in &this.targets {
             let stem = format!("blk.{}.{}.weight", t.block, t.proj.gguf());
             let a = QTensor::quantize(
                 &t.a.to_dtype(candle_core::DType::F32).map_err(candle)?,

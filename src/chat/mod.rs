@@ -1,4 +1,6 @@
-//! Chat models: the [`ChatModel`] trait the workflow talks to, and its backends.
+//! Chat models: the [`ChatModel`] trait the workflow talks to, and its backends — `openai`
+//! (any OpenAI-compatible server) and `local` (our own model stack, [`crate::model`], run in
+//! process). This is the only model interface the workflow imports.
 //!
 //! The trait is synchronous on purpose: trials already run on the engine's worker threads, one
 //! request each, so an async trait would only add a runtime to every caller. A backend that
@@ -10,16 +12,8 @@
 //! broken — refused connection, timeout, 429/5xx, malformed JSON, no choices — is an
 //! [`LlmError`] and must never be recorded as a failed trial.
 
-pub mod adapter;
-pub mod gguf_model;
-pub mod gguf_tokenizer;
-pub mod hf_model;
-pub mod host_attention;
 pub mod local;
 pub mod openai;
-pub mod qcpu;
-pub mod source;
-pub mod transformer;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,8 +1,8 @@
 //! The `local` backend: a GGUF model run in process with candle.
 //!
 //! Everything comes from the one file: the quantised weights (run by our
-//! [`Transformer`](super::transformer::Transformer), which keeps a KV cache per sequence), the
-//! tokenizer (rebuilt by [`super::gguf_tokenizer`] to match llama.cpp's ids) and the chat
+//! [`Transformer`](crate::model::infer::Transformer), which keeps a KV cache per sequence), the
+//! tokenizer (rebuilt by [`crate::model::tokenizer`] to match llama.cpp's ids) and the chat
 //! template (`tokenizer.chat_template`, rendered with minijinja the way Hugging Face renders
 //! it). A file is loaded once per process and shared.
 //!
@@ -12,11 +12,14 @@
 //! once per sequence. A sequence's tokens do not depend on its neighbours: each has its own
 //! cache and its own seeded sampler.
 
-use super::adapter::Adapter;
-use super::gguf_tokenizer::{GgufTokenizer, TokenizerError};
-use super::source::Source;
-use super::transformer::{SeqCache, Step, Transformer};
 use super::{ChatModel, ChatReply, ChatRequest, LlmError, Message};
+use crate::model::infer::{SeqCache, Step, Transformer};
+use crate::model::lora::Adapter;
+use crate::model::source::Source;
+use crate::model::template::ChatTemplate;
+use crate::model::tokenizer::{GgufTokenizer, TokenizerError};
+use crate::model::weights::Weights;
+use crate::model::{config, hf};
 use candle_core::Device;
 use candle_core::quantized::gguf_file;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
@@ -205,14 +208,16 @@ impl Loaded {
             }
         })?;
         let arch = read_metadata_string(&ct, "general.architecture").unwrap_or_default();
-        if !super::gguf_model::ARCHITECTURES.contains(&arch.as_str()) {
+        if !config::ARCHITECTURES.contains(&arch.as_str()) {
             return Err(LocalError::Architecture {
                 path: path.to_path_buf(),
                 arch,
             });
         }
-        let model = super::gguf_model::load(&ct, &mut file, &arch, MAX_POSITIONS, device)
-            .map_err(candle("loading the weights"))?;
+        let weights = Weights::from_gguf(&ct, &mut file, MAX_POSITIONS, device)
+            .map_err(candle("reading the weights"))?;
+        let model =
+            Transformer::from_weights(&weights, device).map_err(candle("loading the weights"))?;
         Ok(Loaded::new(path, tokenizer, template, model))
     }
 
@@ -222,11 +227,13 @@ impl Loaded {
                 path: dir.to_path_buf(),
                 source,
             })?;
-        let template = super::hf_model::chat_template(dir).ok_or_else(|| LocalError::Template {
+        let template = hf::chat_template(dir).ok_or_else(|| LocalError::Template {
             path: dir.to_path_buf(),
             why: "no `chat_template` in tokenizer_config.json (nor chat_template.jinja)".into(),
         })?;
-        let model = super::hf_model::load(dir, MAX_POSITIONS, device)
+        let weights = Weights::from_hf_dir(dir, MAX_POSITIONS, device)
+            .map_err(LocalError::candle("reading the checkpoint", dir))?;
+        let model = Transformer::from_weights(&weights, device)
             .map_err(LocalError::candle("loading the checkpoint", dir))?;
         Ok(Loaded::new(dir, tokenizer, template, model))
     }
@@ -605,43 +612,21 @@ impl LocalModel {
 
     /// The prompt text for `messages`: the GGUF's chat template, generation prompt added.
     pub fn render(&self, messages: &[Message]) -> Result<String, LocalError> {
+        self.template()
+            .render(messages, true)
+            .map_err(|why| LocalError::Template {
+                path: self.inner.path.clone(),
+                why,
+            })
+    }
+
+    /// The model's chat template, with its special tokens (what training renders with too).
+    pub fn template(&self) -> ChatTemplate {
         let l = &self.inner;
-        let err = |e: minijinja::Error| LocalError::Template {
-            path: l.path.clone(),
-            why: format!("{e:#}"),
-        };
-        // Hugging Face renders chat templates with these settings; templates are written
-        // for them.
-        let mut env = minijinja::Environment::new();
-        let syntax = minijinja::syntax::SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .build()
-            .map_err(err)?;
-        env.set_syntax(syntax);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
-        env.add_template("chat", &l.template).map_err(err)?;
         let tok = &l.tokenizer;
         let bos = tok.bos().and_then(|b| tok.token(b)).unwrap_or("");
         let eos = tok.token(tok.eos()).unwrap_or("");
-        env.get_template("chat")
-            .and_then(|t| {
-                t.render(minijinja::context! {
-                    messages => minijinja::value::Serde(messages),
-                    add_generation_prompt => true,
-                    bos_token => bos,
-                    eos_token => eos,
-                })
-            })
-            .map_err(err)
+        ChatTemplate::new(l.template.clone(), bos, eos)
     }
 
     /// The logits for the token after `ids` (a fresh sequence), as f32.

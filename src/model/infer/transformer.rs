@@ -13,106 +13,13 @@
 //! The other reason is LoRA: each projection is a [`Linear`] that can carry an adapter,
 //! applied unmerged (`W x + scale · B A x`) so the base weights stay quantised and shared.
 
-use super::host_attention::{self, Heads, HostKv};
+use super::attention::{self, Heads, HostKv};
 use super::qcpu::{self, QActs, QWeights};
+pub use crate::model::config::{Config, Proj};
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
-
-/// The shape of a model, read from its GGUF metadata or `config.json`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    /// Transformer blocks.
-    pub n_layer: usize,
-    /// Query heads.
-    pub n_head: usize,
-    /// Key/value heads (fewer than `n_head` with grouped-query attention).
-    pub n_kv_head: usize,
-    /// Width of one head.
-    pub head_dim: usize,
-    /// The residual stream's width.
-    pub hidden: usize,
-    /// RMSNorm's epsilon.
-    pub eps: f64,
-    /// Rotary base frequency.
-    pub rope_theta: f32,
-    /// Rotary embedding in halves (GPT-NeoX, Qwen, and every Hugging Face checkpoint) rather
-    /// than in adjacent pairs (llama.cpp's permuted llama weights).
-    pub rope_neox: bool,
-    /// The longest sequence: the rotary tables cover this many positions.
-    pub max_seq: usize,
-}
-
-/// The seven projections of a block, by their role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Proj {
-    /// Query.
-    Q,
-    /// Key.
-    K,
-    /// Value.
-    V,
-    /// Attention output.
-    O,
-    /// MLP gate.
-    Gate,
-    /// MLP up.
-    Up,
-    /// MLP down.
-    Down,
-}
-
-impl Proj {
-    /// All seven, in block order.
-    pub const ALL: [Proj; 7] = [
-        Proj::Q,
-        Proj::K,
-        Proj::V,
-        Proj::O,
-        Proj::Gate,
-        Proj::Up,
-        Proj::Down,
-    ];
-
-    /// The tensor's name in a GGUF block (`blk.N.<this>.weight`).
-    pub fn gguf(self) -> &'static str {
-        match self {
-            Proj::Q => "attn_q",
-            Proj::K => "attn_k",
-            Proj::V => "attn_v",
-            Proj::O => "attn_output",
-            Proj::Gate => "ffn_gate",
-            Proj::Up => "ffn_up",
-            Proj::Down => "ffn_down",
-        }
-    }
-
-    /// The module's name in a Hugging Face / PEFT checkpoint (`model.layers.N.<this>`).
-    pub fn hf(self) -> &'static str {
-        match self {
-            Proj::Q => "self_attn.q_proj",
-            Proj::K => "self_attn.k_proj",
-            Proj::V => "self_attn.v_proj",
-            Proj::O => "self_attn.o_proj",
-            Proj::Gate => "mlp.gate_proj",
-            Proj::Up => "mlp.up_proj",
-            Proj::Down => "mlp.down_proj",
-        }
-    }
-
-    /// The projection whose PEFT module name ends in `name` (`q_proj`, `down_proj`, …).
-    pub fn from_hf_suffix(name: &str) -> Option<Proj> {
-        Proj::ALL
-            .into_iter()
-            .find(|p| p.hf().rsplit('.').next() == Some(name))
-    }
-
-    /// The projection whose GGUF name is `name` (`attn_q`, `ffn_down`, …).
-    pub fn from_gguf(name: &str) -> Option<Proj> {
-        Proj::ALL.into_iter().find(|p| p.gguf() == name)
-    }
-}
 
 /// A LoRA pair on one projection: `y += scale · B (A x)`.
 #[derive(Debug, Clone)]
@@ -301,7 +208,7 @@ pub struct SeqCache {
     len: usize,
 }
 
-/// One layer's cache: on the CPU a growing host buffer (see [`host_attention`]); elsewhere
+/// One layer's cache: on the CPU a growing host buffer (see [`attention`]); elsewhere
 /// device buffers of shape (1, kv heads, capacity, head dim), written in place and grown by
 /// doubling, so that appending a token copies one token's worth, not the whole cache.
 #[derive(Debug)]
@@ -421,10 +328,10 @@ pub struct Transformer {
     pub head: Linear,
     cos: Tensor,
     sin: Tensor,
-    /// The rotary tables on the host, (max_seq, head_dim / 2), for [`host_attention`].
+    /// The rotary tables on the host, (max_seq, head_dim / 2), for [`attention`].
     cos_host: Vec<f32>,
     sin_host: Vec<f32>,
-    /// Attention through [`host_attention`] (the CPU); else through candle ops on device
+    /// Attention through [`attention`] (the CPU); else through candle ops on device
     /// buffers (a GPU — and the tests, which check one against the other on the CPU).
     host_attention: bool,
     device: Device,
@@ -558,7 +465,7 @@ impl Transformer {
     }
 
     /// Attention on the CPU: caches are host buffers; a single new token attends in plain
-    /// Rust ([`host_attention`]), a prompt's tokens through candle's gemm.
+    /// Rust ([`attention`]), a prompt's tokens through candle's gemm.
     fn attention_host(&self, x: &LayerIn<'_>, steps: &mut [Step<'_>]) -> Result<Tensor> {
         let (li, q, k, v, spans, masks) = (x.li, x.q, x.k, x.v, x.spans, x.masks);
         let c = &self.config;
@@ -588,9 +495,9 @@ impl Transformer {
                     &self.sin_host[pos * half..][..half],
                 );
                 let qr = &mut qh[off * qw..][..qw];
-                host_attention::rope(qr, c.head_dim, cos, sin, c.rope_neox);
+                attention::rope(qr, c.head_dim, cos, sin, c.rope_neox);
                 let kr = &mut kh[off * kw..][..kw];
-                host_attention::rope(kr, c.head_dim, cos, sin, c.rope_neox);
+                attention::rope(kr, c.head_dim, cos, sin, c.rope_neox);
                 kv.k.extend_from_slice(kr);
                 kv.v.extend_from_slice(&vh[off * kw..][..kw]);
                 continue; // attends below, with the other new tokens
@@ -627,7 +534,7 @@ impl Transformer {
             .collect();
         let one = |&(off, pos, kv): &(usize, usize, &HostKv)| {
             let mut o = vec![0f32; qw];
-            host_attention::attend(&qh[off * qw..][..qw], kv, pos + 1, h, &mut o);
+            attention::attend(&qh[off * qw..][..qw], kv, pos + 1, h, &mut o);
             (off, o)
         };
         let done: Vec<(usize, Vec<f32>)> = match new.len() {
