@@ -191,10 +191,7 @@ fn stage_path(inp: &ReportInput) {
         let t0 = Instant::now();
         let mut rows = Vec::new();
         for (stage, id) in &ids {
-            rows.extend(pipe::stages::report::rows(
-                stage,
-                &store.manifest(id).unwrap(),
-            ));
+            rows.extend(pipe::stages::report::rows(stage, &store.manifest(id).unwrap()).unwrap());
         }
         let mut input = inp.clone();
         input.trials = rows;

@@ -73,7 +73,10 @@ pub fn show(
         return Err(ShowError::NotFound(what.into()));
     }
     let mut hits: Vec<(bool, Hash)> = Vec::new();
-    for (is_record, dir) in [(true, "actions-v1"), (false, "objects-v1")] {
+    for (is_record, dir) in [
+        (true, crate::store::dirs::ACTIONS),
+        (false, crate::store::dirs::OBJECTS),
+    ] {
         let shard = store.root().join(dir).join(&hex[..2]);
         if let Ok(rd) = std::fs::read_dir(shard) {
             for e in rd.flatten() {

@@ -8,7 +8,7 @@
 //! ② engine: stages (③ stages/) in a DAG; key = blake3(stage, version, params, input outputs)
 //!        │   status / explain / build (leases, jobs, early cutoff)
 //!        ▼
-//! ④ store: objects-v1 (blake3-named) · actions-v1 (records) · leases-v1 · refs-v1 · tmp-v1
+//! ④ store: objects (blake3-named) · action records · leases · refs · probes (see store::dirs)
 //! ```
 //!
 //! The library never prints; the `pipe` binary is a thin CLI over it.
@@ -24,6 +24,7 @@ pub mod key;
 pub mod model;
 pub mod progress;
 pub mod report;
+pub mod samples;
 pub mod stages;
 pub mod stats;
 pub mod store;

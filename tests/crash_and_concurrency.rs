@@ -129,12 +129,7 @@ fn a_stopped_workers_lease_expires_and_is_taken_over() {
     let p = Project::new(1, 2.0);
     // A holds the first trial item and then stops heart-beating (SIGSTOP: alive, silent).
     let mut a = p.spawn(&["build", "trial", "-j", "1"], 600_000);
-    let leases = p.path("store/leases-v1");
-    let t0 = Instant::now();
-    while std::fs::read_dir(&leases).map_or(0, |d| d.count()) == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no lease appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    p.wait_for_a_lease();
     unsafe { libc::kill(a.id() as i32, libc::SIGSTOP) };
     let st = p.ok(&["status"]);
     assert!(
@@ -161,10 +156,7 @@ fn a_stopped_workers_lease_expires_and_is_taken_over() {
 fn a_sigkilled_workers_lease_on_this_host_is_taken_over_at_once() {
     let p = Project::new(1, 60.0);
     let mut a = p.spawn(&["build", "trial", "-j", "1"], 600_000);
-    let leases = p.path("store/leases-v1");
-    while std::fs::read_dir(&leases).map_or(0, |d| d.count()) == 0 {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    p.wait_for_a_lease();
     let _ = a.kill();
     let _ = a.wait();
     let t1 = Instant::now();

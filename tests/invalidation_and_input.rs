@@ -82,9 +82,7 @@ fn reformatting_the_config_invalidates_nothing() {
 fn a_parameter_change_is_explained_old_to_new() {
     let p = Project::new(1, 5.0);
     p.ok(&["build", "report"]);
-    let cfg = p.path("pipeline.toml");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replace("temperature = 0.7", "temperature = 0.2")).unwrap();
+    p.set("sampling.temperature", "0.2");
     let ex = p.ok(&["explain", "report"]);
     assert!(
         ex.contains("params.synthetic.sampling.temperature: 0.7 → 0.2"),
@@ -122,9 +120,7 @@ fn a_flipped_byte_is_reported_and_never_used() {
             assert!(p.ok(&["status"]).starts_with("trial    partial 11 of 12"));
         } else {
             // Force `report` to re-read every trial: change a training parameter.
-            let cfg = p.path("pipeline.toml");
-            let t = std::fs::read_to_string(&cfg).unwrap();
-            std::fs::write(&cfg, t.replace("epochs = 3", "epochs = 4")).unwrap();
+            p.set("train.epochs", "4");
         }
         let out = p.ok(&["build", "report"]);
         assert!(
@@ -267,9 +263,7 @@ fn a_missing_local_model_says_so_and_records_nothing() {
 fn gc_keeps_what_refs_reach_and_drops_the_rest() {
     let p = Project::new(2, 5.0);
     p.ok(&["build", "report"]);
-    let cfg = p.path("pipeline.toml");
-    let t = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, t.replace("seed = 20251126", "seed = 1")).unwrap();
+    p.set("experiment.seed", "1");
     p.ok(&["build", "report"]);
     // With the default grace everything is fresh: nothing goes.
     let kept = p.ok(&["gc"]);

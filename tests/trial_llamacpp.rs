@@ -17,11 +17,8 @@ fn a_small_experiment_through_a_real_llama_cpp_server() {
         1,
         "retries = 2\nbackoff_ms = 200",
     );
-    let cfg = std::fs::read_to_string(p.path("pipeline.toml"))
-        .unwrap()
-        .replace("max_tokens = 512", "max_tokens = 384")
-        .replace("request_timeout_s = 2", "request_timeout_s = 120");
-    std::fs::write(p.path("pipeline.toml"), cfg).unwrap();
+    p.set("sampling.max_tokens", "384");
+    p.set("sampling.request_timeout_s", "120");
     p.baseline_only();
     let o = p
         .real(&["build", "trial", "report", "--jobs", "2"])

@@ -12,11 +12,8 @@ use std::path::Path;
 fn a_trial_on_the_local_backend() {
     let gguf = common::model(common::SMOLLM2);
     let p = Project::local(&gguf, &["stack"], 1, 0);
-    let cfg = std::fs::read_to_string(p.path("pipeline.toml"))
-        .unwrap()
-        .replace("max_tokens = 512", "max_tokens = 128")
-        .replace("request_timeout_s = 2", "request_timeout_s = 120");
-    std::fs::write(p.path("pipeline.toml"), cfg).unwrap();
+    p.set("sampling.max_tokens", "128");
+    p.set("sampling.request_timeout_s", "120");
     p.baseline_only();
     let o = p.real(&["build", "trial"]).output().unwrap();
     assert!(
@@ -71,9 +68,9 @@ fn a_trial_on_the_local_backend() {
             "layers":[{"mediaType":"application/vnd.ollama.image.model","digest":"sha256:0123abcd","size":1}]}"#,
     )
     .unwrap();
+    p.unset("models.m.gguf");
+    p.add("models.m.ollama", "\"smollm2:135m\"");
     let cfg = std::fs::read_to_string(p.path("pipeline.toml")).unwrap();
-    let line = cfg.lines().find(|l| l.starts_with("gguf = ")).unwrap();
-    let cfg = cfg.replace(line, "ollama = \"smollm2:135m\"");
     let with_ollama = |config: &str, args: &[&str]| {
         std::fs::write(p.path("pipeline.toml"), config).unwrap();
         p.real(args).env("OLLAMA_MODELS", &models).output().unwrap()
@@ -85,7 +82,7 @@ fn a_trial_on_the_local_backend() {
     assert!(st.contains("trial    up to date (1 item)"), "{st}");
     // A name Ollama does not have is a clear error that says how to get it.
     let b = with_ollama(
-        &cfg.replace("smollm2:135m", "smollm2:360m"),
+        &common::edit_toml(&cfg, "models.m.ollama", Some("\"smollm2:360m\""), true),
         &["build", "trial"],
     );
     let err = String::from_utf8_lossy(&b.stderr);

@@ -326,6 +326,22 @@ fn validate(cfg: &Config, err: &ErrAt<'_>) -> Result<(), ConfigError> {
             "must be at least 1".into(),
         ));
     }
+    // Item ids are `task/arm/index`: a `/` inside a name would make them ambiguous.
+    let why = "a name may not contain `/` (item ids are task/arm/index)";
+    for (i, t) in cfg.experiment.tasks.iter().enumerate() {
+        if t.get_ref().contains('/') || t.get_ref().is_empty() {
+            return Err(err(
+                Some(t.span()),
+                format!("experiment.tasks[{i}]"),
+                format!("{:?}: {why}, nor be empty", t.get_ref()),
+            ));
+        }
+    }
+    for name in cfg.arms.keys() {
+        if name.contains('/') {
+            return Err(err(None, format!("arms.{name}"), why.to_string()));
+        }
+    }
     for (name, arm) in &cfg.arms {
         if !cfg.models.contains_key(arm.model.get_ref()) {
             return Err(err(
@@ -417,4 +433,37 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         config,
         tasks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT: &str = include_str!("../../pipeline.toml");
+
+    #[test]
+    fn names_with_a_slash_are_rejected_with_their_key() {
+        assert!(parse(Path::new("p.toml"), DEFAULT).is_ok());
+        let with_arm = format!(
+            "{DEFAULT}\n[arms.\"base/2\"]\nmodel = \"{}\"\nrmax = 1\nrole = \"baseline\"\n",
+            parse(Path::new("p.toml"), DEFAULT)
+                .unwrap()
+                .arms
+                .values()
+                .next()
+                .unwrap()
+                .model
+                .get_ref()
+        );
+        let e = parse(Path::new("p.toml"), &with_arm).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("arms.base/2"), "{e}");
+        assert!(e.message.contains('/'), "{e}");
+
+        let tasks_line = DEFAULT.lines().find(|l| l.starts_with("tasks =")).unwrap();
+        let bad = DEFAULT.replace(tasks_line, "tasks = [\"stack\", \"data/queue\"]");
+        let e = parse(Path::new("p.toml"), &bad).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("experiment.tasks[1]"), "{e}");
+        let line = DEFAULT[..DEFAULT.find(tasks_line).unwrap()].lines().count() + 1;
+        assert_eq!(e.line_col.map(|(l, _)| l), Some(line), "{e}");
+    }
 }

@@ -12,7 +12,8 @@ pub mod plan;
 
 use crate::config::Loaded;
 use crate::key::{Hash, canonical};
-use crate::store::{Manifest, Store, StoreError};
+use crate::store::{Manifest, ManifestEntry, Store, StoreError};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -188,6 +189,34 @@ pub struct Job<'a> {
 }
 
 impl Job<'_> {
+    /// The stage's parameters, as the type the stage declared them with.
+    pub fn params<T: DeserializeOwned>(&self) -> Result<T, StageError> {
+        serde_json::from_value(self.params.clone())
+            .map_err(|e| StageError::Failed(format!("stage parameters: {e}")))
+    }
+
+    /// This item's own ingredients, as the type the stage declared them with.
+    pub fn own<T: DeserializeOwned>(&self) -> Result<T, StageError> {
+        serde_json::from_value(self.item.own.clone())
+            .map_err(|e| StageError::Failed(format!("item {}: {e}", self.item.id)))
+    }
+
+    /// Output `name` of an upstream item, read (verified) and parsed as `T`. A missing output
+    /// or a shape that does not parse is an error naming the item, never a default.
+    pub fn object<T: DeserializeOwned>(
+        &self,
+        entry: &ManifestEntry,
+        name: &str,
+    ) -> Result<T, StageError> {
+        let id = entry
+            .outputs
+            .get(name)
+            .ok_or_else(|| StageError::Failed(format!("{} has no `{name}` output", entry.id)))?;
+        let bytes = self.store.get(id)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| StageError::Failed(format!("{} `{name}` ({}): {e}", entry.id, id.short())))
+    }
+
     /// An upstream stage's manifest, read and verified once.
     pub fn manifest(&self, stage: &str) -> Result<&Manifest, StageError> {
         let up = self.upstream.get(stage).ok_or_else(|| {
@@ -199,6 +228,12 @@ impl Job<'_> {
         let m = self.store.manifest(&up.manifest_id)?;
         Ok(up.manifest.get_or_init(|| m))
     }
+}
+
+/// A manifest entry's summary, parsed as `T` (what the producing stage wrote).
+pub fn summary<T: DeserializeOwned>(entry: &ManifestEntry) -> Result<T, StageError> {
+    serde_json::from_value(entry.summary.clone())
+        .map_err(|e| StageError::Failed(format!("{} summary: {e}", entry.id)))
 }
 
 /// A pipeline stage. Implementations are declared in `stages/`.

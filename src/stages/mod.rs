@@ -112,6 +112,10 @@ fn report_params(cx: &Context<'_>) -> Value {
     json!({"experiment": l.config.experiment.name, "arms": arms, "tasks": tasks})
 }
 
+fn to_json<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("stage data serialises")
+}
+
 fn one(id: &str, ingredients: Value) -> Vec<Item> {
     vec![Item::new(id, ingredients)]
 }
@@ -136,14 +140,14 @@ pub fn pipeline(mode: Mode, rt: Arc<Runtime>) -> Pipeline {
         }),
         Box::new(Declared {
             name: "extract",
-            version: 1,
+            // 2: samples follow the trial's verdict (the mutation guard's too), not the
+            // presence of an implementation.
+            version: 2,
             deps: &["trial"],
             params: |_| json!({}),
             items: |cx| {
-                one(
-                    &cx.loaded.config.train.from_arm,
-                    json!({"arm": cx.loaded.config.train.from_arm}),
-                )
+                let arm = &cx.loaded.config.train.from_arm;
+                one(arm, to_json(&extract::Item { arm: arm.clone() }))
             },
             synthetic: !real,
             run: pick(extract::run, synthetic::extract),
@@ -154,7 +158,10 @@ pub fn pipeline(mode: Mode, rt: Arc<Runtime>) -> Pipeline {
             deps: &["extract"],
             params: |cx| {
                 let t = &cx.loaded.config.train;
-                json!({"val_fraction": t.val_fraction, "seed": t.seed})
+                to_json(&format::Params {
+                    val_fraction: t.val_fraction,
+                    seed: t.seed,
+                })
             },
             items: |_| one("jsonl", json!({})),
             synthetic: !real,

@@ -6,9 +6,12 @@
 //! `PIPE_SYNTH_DELAY_MS` (sleep per item), `PIPE_SYNTH_LOG` (append `stage item pid` per
 //! computation), `PIPE_SYNTH_FAIL` (fail the item with this id).
 
+use super::trial::TRANSCRIPT;
 use crate::engine::{Job, Outputs, StageError};
 use crate::key::Hash;
-use serde_json::{Value, json};
+use crate::workflow::TrialId;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::io::Write;
 
 fn prologue(job: &Job<'_>, stage: &str) -> Result<(), StageError> {
@@ -37,12 +40,39 @@ fn prologue(job: &Job<'_>, stage: &str) -> Result<(), StageError> {
     Ok(())
 }
 
+fn json<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("serialises")
+}
+
+fn trial_id(id: &str) -> Result<TrialId, StageError> {
+    id.parse()
+        .map_err(|e: crate::workflow::BadTrialId| StageError::Failed(e.to_string()))
+}
+
 fn put(job: &Job<'_>, name: &str, v: &Value, summary: Value) -> Result<Outputs, StageError> {
     let id = job.store.put_json(v)?;
     Ok(Outputs {
         objects: [(name.to_string(), id)].into(),
         summary,
     })
+}
+
+/// A synthetic trial's summary.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrialSummary {
+    passed: bool,
+}
+
+/// A synthetic trial's object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Trial {
+    item: String,
+    ingredients: Value,
+    passed: bool,
+    retries: u8,
+    digest: String,
 }
 
 /// A trial (or eval trial): passes or fails as a pure function of its ingredients and inputs.
@@ -59,31 +89,37 @@ pub fn trial(job: &Job<'_>) -> Result<Outputs, StageError> {
         .as_bytes(),
     );
     let passed = !digest.0[0].is_multiple_of(3);
-    let out = json!({
-        "item": job.item.id,
-        "ingredients": job.item.ingredients(),
-        "passed": passed,
-        "retries": digest.0[1] % 4,
-        "digest": digest.to_hex(),
-    });
-    put(job, "trial", &out, json!({ "passed": passed }))
+    let out = Trial {
+        item: job.item.id.clone(),
+        ingredients: job.item.ingredients(),
+        passed,
+        retries: digest.0[1] % 4,
+        digest: digest.to_hex(),
+    };
+    put(job, TRANSCRIPT, &json(&out), json(&TrialSummary { passed }))
 }
 
 /// extract: the passed trials of the arm, read back (and so verified) from the store.
 pub fn extract(job: &Job<'_>) -> Result<Outputs, StageError> {
     prologue(job, "extract")?;
-    let ingredients = job.item.ingredients();
-    let arm = ingredients["arm"].as_str().unwrap_or_default();
+    let item: super::extract::Item = job.own()?;
     let mut kept = Vec::new();
     for e in &job.manifest("trial")?.entries {
-        if e.id.split('/').nth(1) != Some(arm) || e.summary["passed"] != json!(true) {
+        let id = trial_id(&e.id)?;
+        let s: TrialSummary = crate::engine::summary(e)?;
+        if id.arm != item.arm || !s.passed {
             continue;
         }
-        let v = job.store.get_json(&e.outputs["trial"])?;
-        kept.push(json!({"item": e.id, "digest": v["digest"]}));
+        let t: Trial = job.object(e, TRANSCRIPT)?;
+        kept.push(serde_json::json!({"item": e.id, "digest": t.digest}));
     }
     let n = kept.len();
-    put(job, "samples", &json!(kept), json!({ "samples": n }))
+    put(
+        job,
+        super::extract::SAMPLES,
+        &Value::Array(kept),
+        json(&super::extract::Summary { samples: n }),
+    )
 }
 
 /// format / train / convert: one object derived from the single upstream object.
@@ -101,8 +137,8 @@ pub fn derive(job: &Job<'_>) -> Result<Outputs, StageError> {
         }
     }
     h.update(crate::key::canonical(job.params).as_bytes());
-    let out = json!({ "from": up_name, "digest": h.finalize().to_hex().to_string() });
-    put(job, "artifact", &out, json!({}))
+    let out = serde_json::json!({ "from": up_name, "digest": h.finalize().to_hex().to_string() });
+    put(job, "artifact", &out, serde_json::json!({}))
 }
 
 /// report: pass counts per task and arm over trial and eval, every trial object read back.
@@ -114,24 +150,19 @@ pub fn report(job: &Job<'_>) -> Result<Outputs, StageError> {
             continue;
         }
         for e in &job.manifest(stage)?.entries {
-            let v = job.store.get_json(&e.outputs["trial"])?;
-            let mut parts = e.id.split('/');
-            let key = format!(
-                "{}/{}",
-                parts.next().unwrap_or(""),
-                parts.next().unwrap_or("")
-            );
-            let c = counts.entry(key).or_default();
+            let t: Trial = job.object(e, TRANSCRIPT)?;
+            let id = trial_id(&e.id)?;
+            let c = counts.entry(format!("{}/{}", id.task, id.arm)).or_default();
             c.1 += 1;
-            if v["passed"] == json!(true) {
+            if t.passed {
                 c.0 += 1;
             }
         }
     }
     let rows: Value = counts
         .iter()
-        .map(|(k, (s, n))| (k.clone(), json!({"successes": s, "n": n})))
+        .map(|(k, (s, n))| (k.clone(), serde_json::json!({"successes": s, "n": n})))
         .collect::<serde_json::Map<_, _>>()
         .into();
-    put(job, "report", &rows, json!({}))
+    put(job, "report", &rows, serde_json::json!({}))
 }

@@ -7,11 +7,14 @@ use crate::config::{Loaded, Role};
 use crate::engine::{Context, Item, Job, Outputs, Shared, Stage, StageError};
 use crate::guard::Limits;
 use crate::workflow::prompts::Prompts;
-use crate::workflow::{TrialError, TrialSetup};
+use crate::workflow::{BadTrialId, TrialError, TrialId, TrialSetup};
 use rayon::prelude::*;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The name of a trial's output: its transcript (a [`crate::workflow::TrialRecord`]).
+pub const TRANSCRIPT: &str = "trial";
 
 /// A stage that maps the workflow over task × arm (of one role) × index.
 pub struct TrialStage {
@@ -85,7 +88,7 @@ impl Stage for TrialStage {
             .par_iter()
             .flat_map_iter(|(task, arm, shared)| {
                 (0..trials).map(move |index| Item {
-                    id: format!("{task}/{arm}/{index}"),
+                    id: TrialId::new(task, arm, index).to_string(),
                     shared: Arc::clone(shared),
                     own: json!({ "index": index, "seed": trial_seed(seed, task, index) }),
                 })
@@ -108,23 +111,21 @@ impl Stage for TrialStage {
 
 fn run_trial(rt: &Runtime, job: &Job<'_>) -> Result<Outputs, StageError> {
     let l = job.cx.loaded;
-    let mut parts = job.item.id.splitn(3, '/');
-    let (Some(task_id), Some(arm_name), Some(index)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(StageError::Failed(format!(
-            "bad trial id {:?}",
-            job.item.id
-        )));
-    };
-    let index: u32 = index
+    let id: TrialId = job
+        .item
+        .id
         .parse()
-        .map_err(|_| StageError::Failed(format!("bad trial index in {:?}", job.item.id)))?;
+        .map_err(|e: BadTrialId| StageError::Failed(e.to_string()))?;
     let task = l
         .tasks
         .iter()
-        .find(|t| t.id == task_id)
-        .ok_or_else(|| StageError::Failed(format!("no task {task_id:?}")))?;
-    let arm = &l.config.arms[arm_name];
+        .find(|t| t.id == id.task)
+        .ok_or_else(|| StageError::Failed(format!("no task {:?}", id.task)))?;
+    let arm = l
+        .config
+        .arms
+        .get(&id.arm)
+        .ok_or_else(|| StageError::Failed(format!("no arm {:?}", id.arm)))?;
     let model = rt
         .model(l, arm.model.get_ref())
         .map_err(StageError::Infra)?;
@@ -138,12 +139,12 @@ fn run_trial(rt: &Runtime, job: &Job<'_>) -> Result<Outputs, StageError> {
         limits: &limits,
         prompts: &prompts,
         task: &task.value,
-        ids: (task_id, arm_name, index),
+        id: &id,
         temperature: s.temperature,
         top_p: s.top_p,
         max_tokens: s.max_tokens,
         rmax: arm.rmax,
-        seed: trial_seed(l.config.experiment.seed, task_id, index),
+        seed: trial_seed(l.config.experiment.seed, &id.task, id.index),
         mutation_guard: l.config.guard.mutation_guard,
     };
     let rec = setup.run().map_err(|e| match e {
@@ -151,9 +152,9 @@ fn run_trial(rt: &Runtime, job: &Job<'_>) -> Result<Outputs, StageError> {
         other => StageError::Infra(other.to_string()),
     })?;
     let v = serde_json::to_value(&rec).expect("trial record serialises");
-    let id = job.store.put_json(&v)?;
+    let transcript = job.store.put_json(&v)?;
     Ok(Outputs {
-        objects: [("trial".to_string(), id)].into(),
-        summary: rec.summary(),
+        objects: [(TRANSCRIPT.to_string(), transcript)].into(),
+        summary: serde_json::to_value(rec.summary()).expect("a summary serialises"),
     })
 }

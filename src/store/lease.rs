@@ -259,7 +259,7 @@ impl Drop for Lease<'_> {
 impl Store {
     pub(crate) fn lease_path(&self, key: &Hash, generation: u32) -> PathBuf {
         self.root
-            .join("leases-v1")
+            .join(super::dirs::LEASES)
             .join(format!("{}.{generation}", key.to_hex()))
     }
 

@@ -88,7 +88,7 @@ fn record_key(p: &Path) -> Option<Hash> {
 }
 
 fn quarantine(store: &Store, path: &Path, kind: &str) -> Result<(), StoreError> {
-    let dir = store.root.join("quarantine-v1").join(kind);
+    let dir = store.root.join(super::dirs::QUARANTINE).join(kind);
     fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
         path: dir.clone(),
         source,
@@ -106,7 +106,7 @@ impl Store {
     /// next build recomputes exactly what was lost and never uses a corrupt byte.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         let mut rep = VerifyReport::default();
-        let objects = files_under(&self.root.join("objects-v1"));
+        let objects = files_under(&self.root.join(super::dirs::OBJECTS));
         rep.objects = objects.len();
         let corrupt: Vec<(PathBuf, String)> = objects
             .par_iter()
@@ -124,7 +124,7 @@ impl Store {
             rep.corrupt_objects.push(name);
         }
         let mut good_records = HashSet::new();
-        for p in files_under(&self.root.join("actions-v1")) {
+        for p in files_under(&self.root.join(super::dirs::ACTIONS)) {
             rep.records += 1;
             let key = record_key(&p);
             let problem = match key {
@@ -211,7 +211,7 @@ impl Store {
         }
         // Records not reached but fresh or leased are kept, and so is what they name.
         let mut drop_records = Vec::new();
-        for p in files_under(&self.root.join("actions-v1")) {
+        for p in files_under(&self.root.join(super::dirs::ACTIONS)) {
             let Some(key) = record_key(&p) else {
                 continue;
             };
@@ -252,7 +252,7 @@ impl Store {
                 queue.extend(refs);
             }
         }
-        for p in files_under(&self.root.join("objects-v1")) {
+        for p in files_under(&self.root.join(super::dirs::OBJECTS)) {
             let id = p
                 .file_name()
                 .and_then(|s| s.to_str())
@@ -273,7 +273,7 @@ impl Store {
         // build that made it recomputes the item. (The writer re-checks after writing, which
         // covers the removals that come after this pass.)
         if !dry_run && rep.removed_objects > 0 {
-            for p in files_under(&self.root.join("actions-v1")) {
+            for p in files_under(&self.root.join(super::dirs::ACTIONS)) {
                 let Some(key) = record_key(&p) else {
                     continue;
                 };
@@ -295,7 +295,7 @@ impl Store {
         // Leases: a key's whole chain goes once every generation in it is dead; removing part
         // of a chain would open a gap where a second holder could start over at generation 0.
         let mut chains: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
-        for p in files_under(&self.root.join("leases-v1")) {
+        for p in files_under(&self.root.join(super::dirs::LEASES)) {
             let name = p
                 .file_name()
                 .unwrap_or_default()

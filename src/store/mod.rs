@@ -8,9 +8,12 @@
 //!   actions-v1/ab/<key>.json  action records: ingredients, output hashes, producer, times
 //!   leases-v1/<key>.<generation>  who computes a key now; expires by itself (see lease.rs)
 //!   refs-v1/<stage>.json   the last complete build of each stage: stage key + manifest object
+//!   probes-v1/<name>.json  what a model server said it serves, for commands that ask none
 //!   tmp-v1/                staging for atomic writes (same filesystem)
 //!   quarantine-v1/         what `pipe verify` found corrupt
 //! ```
+//!
+//! The names are [`dirs`]' constants; nothing else spells them.
 //!
 //! A format change bumps a directory's suffix; nothing is rewritten in place.
 
@@ -259,14 +262,25 @@ pub struct Store {
     me: Identity,
 }
 
-const DIRS: [&str; 6] = [
-    "objects-v1",
-    "actions-v1",
-    "leases-v1",
-    "refs-v1",
-    "tmp-v1",
-    "quarantine-v1",
-];
+/// The store's directories. A format change bumps one's suffix.
+pub mod dirs {
+    /// Immutable blobs named by their blake3.
+    pub const OBJECTS: &str = "objects-v1";
+    /// Action records.
+    pub const ACTIONS: &str = "actions-v1";
+    /// Leases.
+    pub const LEASES: &str = "leases-v1";
+    /// Each stage's last complete build.
+    pub const REFS: &str = "refs-v1";
+    /// Model server identities, as last probed.
+    pub const PROBES: &str = "probes-v1";
+    /// Staging for atomic writes.
+    pub const TMP: &str = "tmp-v1";
+    /// What `pipe verify` found corrupt.
+    pub const QUARANTINE: &str = "quarantine-v1";
+    /// All of them, created when a store is initialised.
+    pub const ALL: [&str; 7] = [OBJECTS, ACTIONS, LEASES, REFS, PROBES, TMP, QUARANTINE];
+}
 
 impl Store {
     /// Open the store at `root`, creating its layout if the directory is new or empty.
@@ -293,7 +307,7 @@ impl Store {
         Ok(Store {
             root: root.to_path_buf(),
             writer: Writer {
-                tmp_dir: root.join("tmp-v1"),
+                tmp_dir: root.join(dirs::TMP),
                 fsync: opts.fsync,
                 tag: me.tag(),
             },
@@ -311,20 +325,20 @@ impl Store {
                 source,
             })
         };
-        for d in DIRS {
+        for d in dirs::ALL {
             mk(&root.join(d))?;
         }
         for shard in 0..256 {
-            mk(&root.join("objects-v1").join(format!("{shard:02x}")))?;
-            mk(&root.join("actions-v1").join(format!("{shard:02x}")))?;
+            mk(&root.join(dirs::OBJECTS).join(format!("{shard:02x}")))?;
+            mk(&root.join(dirs::ACTIONS).join(format!("{shard:02x}")))?;
         }
         let w = Writer {
-            tmp_dir: root.join("tmp-v1"),
+            tmp_dir: root.join(dirs::TMP),
             fsync,
             tag: me.tag(),
         };
         if fsync {
-            for d in ["objects-v1", "actions-v1"] {
+            for d in [dirs::OBJECTS, dirs::ACTIONS] {
                 let _ = atomic::sync_dir(&root.join(d));
             }
             let _ = atomic::sync_dir(root);
@@ -334,6 +348,24 @@ impl Store {
             format!("{LAYOUT}\n").as_bytes(),
             Mode::Replace,
         )?;
+        Ok(())
+    }
+
+    /// Write `bytes` to `dest` outside the store (the reports directory) through the same
+    /// atomic path as the store's own files: a hidden temp file beside `dest` (so the rename
+    /// never crosses filesystems), synced, renamed over it.
+    pub fn export(&self, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let w = Writer {
+            tmp_dir: dir.to_path_buf(),
+            fsync: self.writer.fsync,
+            tag: format!(".{}", self.writer.tag),
+        };
+        w.write(dest, bytes, Mode::Replace)?;
         Ok(())
     }
 
@@ -358,7 +390,7 @@ impl Store {
 
     /// Remove orphaned temp files of dead writers.
     pub fn reap_tmp(&self) -> usize {
-        atomic::reap_tmp(&self.root.join("tmp-v1"), &self.me.host)
+        atomic::reap_tmp(&self.root.join(dirs::TMP), &self.me.host)
     }
 
     // ---- objects ----
@@ -366,7 +398,7 @@ impl Store {
     /// Where an object lives.
     pub fn object_path(&self, id: &Hash) -> PathBuf {
         let hex = id.to_hex();
-        self.root.join("objects-v1").join(&hex[..2]).join(hex)
+        self.root.join(dirs::OBJECTS).join(&hex[..2]).join(hex)
     }
 
     /// Whether an object is present (not verified).
@@ -434,7 +466,7 @@ impl Store {
     pub fn record_path(&self, key: &Hash) -> PathBuf {
         let hex = key.to_hex();
         self.root
-            .join("actions-v1")
+            .join(dirs::ACTIONS)
             .join(&hex[..2])
             .join(format!("{hex}.json"))
     }
@@ -480,7 +512,7 @@ impl Store {
     // ---- refs ----
 
     fn ref_path(&self, stage: &str) -> PathBuf {
-        self.root.join("refs-v1").join(format!("{stage}.json"))
+        self.root.join(dirs::REFS).join(format!("{stage}.json"))
     }
 
     /// A stage's ref, if it was ever completely built.
@@ -514,7 +546,7 @@ impl Store {
     /// model server's digest), so that `status` can compute the same keys without asking the
     /// server. A cache: losing it costs one probe; `name` is any stable string.
     pub fn put_probe(&self, name: &str, v: &Value) -> Result<(), StoreError> {
-        let dir = self.root.join("probes-v1");
+        let dir = self.root.join(dirs::PROBES);
         fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
             path: dir.clone(),
             source,
@@ -529,7 +561,7 @@ impl Store {
     pub fn get_probe(&self, name: &str) -> Option<Value> {
         let path = self
             .root
-            .join("probes-v1")
+            .join(dirs::PROBES)
             .join(format!("{}.json", Hash::of(name.as_bytes()).to_hex()));
         serde_json::from_slice(&fs::read(path).ok()?).ok()
     }
@@ -548,7 +580,7 @@ impl Store {
 
     /// All refs present.
     pub fn refs(&self) -> Result<Vec<Ref>, StoreError> {
-        let dir = self.root.join("refs-v1");
+        let dir = self.root.join(dirs::REFS);
         let mut out = Vec::new();
         let rd = fs::read_dir(&dir).map_err(|source| StoreError::Io { path: dir, source })?;
         for e in rd.flatten() {

@@ -29,6 +29,17 @@ pub enum Step {
     Mutation,
 }
 
+impl Step {
+    /// The step's name, as records and reports write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Tests => "tests",
+            Step::Impl => "impl",
+            Step::Mutation => "mutation",
+        }
+    }
+}
+
 /// One request, its reply and the guard's verdict on it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attempt {
@@ -67,7 +78,8 @@ pub struct Attempt {
 }
 
 /// Retries used by each step (R), where the step was reached and passed.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Retries {
     /// The tests step's R, if it passed.
     pub tests: Option<u32>,
@@ -114,17 +126,131 @@ pub struct TrialRecord {
 impl TrialRecord {
     /// The small summary kept in the action record and the stage manifest (what `report`
     /// and `status` read without opening the transcript).
-    pub fn summary(&self) -> Value {
-        let count = |step| self.attempts.iter().filter(|a| a.step == step).count();
-        serde_json::json!({
-            "passed": self.passed,
-            "failed_step": self.failed_step,
-            "retries": self.retries,
-            "attempts": {"tests": count(Step::Tests), "impl": count(Step::Impl)},
-            "test_strength": self.test_strength.as_ref().map(|m| m.score),
-            "duration_ms": self.duration_ms,
-            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
-        })
+    pub fn summary(&self) -> TrialSummary {
+        let count = |step| self.attempts.iter().filter(|a| a.step == step).count() as u32;
+        TrialSummary {
+            passed: self.passed,
+            failed_step: self.failed_step,
+            retries: self.retries.clone(),
+            attempts: AttemptCounts {
+                tests: count(Step::Tests),
+                impl_: count(Step::Impl),
+            },
+            test_strength: self.test_strength.as_ref().map(|m| m.score),
+            duration_ms: self.duration_ms,
+            tokens: Tokens {
+                prompt: self.prompt_tokens,
+                completion: self.completion_tokens,
+            },
+        }
+    }
+}
+
+/// A trial's outcome in brief: what the manifest keeps per trial so that `report` and
+/// `status` never open a transcript. Read back strictly: an unknown or missing field is an
+/// error, never a zero.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrialSummary {
+    /// Did the trial pass (implementation, and the mutation guard when on)?
+    pub passed: bool,
+    /// The step that exhausted its attempts, when it did not pass.
+    pub failed_step: Option<Step>,
+    /// R per step, where the step passed.
+    pub retries: Retries,
+    /// Attempts made per step.
+    pub attempts: AttemptCounts,
+    /// Share of mutants the tests kill (passed implementations only).
+    pub test_strength: Option<f64>,
+    /// Wall time of the trial, ms.
+    pub duration_ms: u64,
+    /// Tokens over all attempts.
+    pub tokens: Tokens,
+}
+
+/// Attempts made per step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptCounts {
+    /// At the tests step.
+    pub tests: u32,
+    /// At the implementation step.
+    #[serde(rename = "impl")]
+    pub impl_: u32,
+}
+
+/// Token counts, as the server reported them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tokens {
+    /// Prompt tokens.
+    pub prompt: u64,
+    /// Generated tokens.
+    pub completion: u64,
+}
+
+/// Which trial: a task, an arm, an index. Item ids, transcripts and reports name a trial as
+/// `task/arm/index`; this is the one place that text is written and parsed (so task and arm
+/// names may not contain `/`, which the config rejects).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrialId {
+    /// The task id (`stack`).
+    pub task: String,
+    /// The arm.
+    pub arm: String,
+    /// The trial's index within task and arm.
+    pub index: u32,
+}
+
+impl TrialId {
+    /// A trial id.
+    pub fn new(task: &str, arm: &str, index: u32) -> TrialId {
+        TrialId {
+            task: task.into(),
+            arm: arm.into(),
+            index,
+        }
+    }
+}
+
+impl std::fmt::Display for TrialId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.task, self.arm, self.index)
+    }
+}
+
+/// Text that is not `task/arm/index`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a trial id (task/arm/index)")]
+pub struct BadTrialId(pub String);
+
+impl std::str::FromStr for TrialId {
+    type Err = BadTrialId;
+    fn from_str(s: &str) -> Result<TrialId, BadTrialId> {
+        let bad = || BadTrialId(s.to_string());
+        let mut parts = s.split('/');
+        let (Some(task), Some(arm), Some(index), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        if task.is_empty() || arm.is_empty() {
+            return Err(bad());
+        }
+        Ok(TrialId::new(task, arm, index.parse().map_err(|_| bad())?))
+    }
+}
+
+impl Serialize for TrialId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TrialId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<TrialId, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -154,8 +280,8 @@ pub struct TrialSetup<'a> {
     pub prompts: &'a Prompts,
     /// The task spec (its JSON).
     pub task: &'a Value,
-    /// Task id, arm, trial index: for the record.
-    pub ids: (&'a str, &'a str, u32),
+    /// Which trial: for the record.
+    pub id: &'a TrialId,
     /// Sampling temperature.
     pub temperature: f64,
     /// Nucleus sampling.
@@ -224,11 +350,10 @@ impl TrialSetup<'_> {
     /// Run the trial.
     pub fn run(&self) -> Result<TrialRecord, TrialError> {
         let started = Instant::now();
-        let (task_id, arm, index) = self.ids;
         let mut rec = TrialRecord {
-            task: task_id.into(),
-            arm: arm.into(),
-            index,
+            task: self.id.task.clone(),
+            arm: self.id.arm.clone(),
+            index: self.id.index,
             seed: self.seed,
             system: self.prompts.system().into(),
             passed: false,
@@ -335,5 +460,42 @@ mod tests {
         assert_ne!(a, request_seed(2, Step::Tests, 0));
         assert_eq!(a, request_seed(1, Step::Tests, 0));
         assert!(a < 1 << 31);
+    }
+
+    #[test]
+    fn trial_ids_round_trip_and_reject_what_is_not_one() {
+        let id: TrialId = "stack/base/7".parse().unwrap();
+        assert_eq!(id, TrialId::new("stack", "base", 7));
+        assert_eq!(id.to_string(), "stack/base/7");
+        assert_eq!(serde_json::to_value(&id).unwrap(), "stack/base/7");
+        for bad in [
+            "stack/base",
+            "stack/base/x",
+            "a/b/c/1",
+            "/base/1",
+            "stack/base/-1",
+        ] {
+            assert!(bad.parse::<TrialId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_summary_with_a_renamed_or_missing_field_fails_loudly() {
+        let good = serde_json::json!({
+            "passed": true, "failed_step": null, "retries": {"tests": 0, "impl": 1},
+            "attempts": {"tests": 1, "impl": 2}, "test_strength": 0.75,
+            "duration_ms": 10, "tokens": {"prompt": 5, "completion": 6},
+        });
+        let s: TrialSummary = serde_json::from_value(good.clone()).unwrap();
+        assert_eq!((s.attempts.impl_, s.tokens.completion), (2, 6));
+        // `attempts` renamed on the writing side: an error, not zero attempts.
+        let mut renamed = good.clone();
+        let v = renamed.as_object_mut().unwrap().remove("attempts").unwrap();
+        renamed["attempt_counts"] = v;
+        let e = serde_json::from_value::<TrialSummary>(renamed).unwrap_err();
+        assert!(e.to_string().contains("attempt_counts"), "{e}");
+        let mut missing = good;
+        missing["tokens"].as_object_mut().unwrap().remove("prompt");
+        assert!(serde_json::from_value::<TrialSummary>(missing).is_err());
     }
 }

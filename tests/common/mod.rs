@@ -120,20 +120,51 @@ lease_ttl_s = 30
         Project { dir }
     }
 
-    /// A real pipeline whose model `m` is the local backend on `gguf` (1 thread).
+    /// A real pipeline whose model `m` is the local backend on `gguf` (2 threads).
     pub fn local(gguf: &Path, tasks: &[&str], trials: u32, rmax: u32) -> Project {
         let p = Project::openai("http://unused", tasks, trials, rmax, "");
-        let path = p.path("pipeline.toml");
-        let text = std::fs::read_to_string(&path).unwrap().replace(
-            "backend = \"openai\"\nbase_urls = [\"http://unused\"]\nname = \"test-model\"",
-            &format!(
-                "backend = \"local\"\ngguf = {:?}\nthreads = 2",
-                gguf.to_str().unwrap()
-            ),
-        );
-        assert!(text.contains("backend = \"local\""));
-        std::fs::write(&path, text).unwrap();
+        p.unset("models.m.base_urls");
+        p.unset("models.m.name");
+        p.set("models.m.backend", "\"local\"");
+        p.add("models.m.gguf", &format!("{:?}", gguf.to_str().unwrap()));
+        p.add("models.m.threads", "2");
         p
+    }
+
+    /// Wait (at most 20 s, then fail) until some worker holds a lease in the store.
+    pub fn wait_for_a_lease(&self) {
+        let leases = self.path("store/leases-v1");
+        let t0 = std::time::Instant::now();
+        while std::fs::read_dir(&leases).map_or(0, |d| d.count()) == 0 {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(20),
+                "no lease appeared in 20 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Set `key` (dotted: `sampling.temperature`) of pipeline.toml to the TOML `value`. The
+    /// key must be there: a test whose config no longer has it fails here rather than
+    /// silently testing the config it did not mean to.
+    pub fn set(&self, key: &str, value: &str) {
+        self.edit(key, Some(value), true);
+    }
+
+    /// Add `key` (its table must exist) with the TOML `value`, or replace it.
+    pub fn add(&self, key: &str, value: &str) {
+        self.edit(key, Some(value), false);
+    }
+
+    /// Remove `key`, which must be there.
+    pub fn unset(&self, key: &str) {
+        self.edit(key, None, true);
+    }
+
+    fn edit(&self, key: &str, value: Option<&str>, must_exist: bool) {
+        let path = self.path("pipeline.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, edit_toml(&text, key, value, must_exist)).unwrap();
     }
 
     /// Make the experiment a baseline study: drop the fine-tuned arm (and with it train,
@@ -327,6 +358,35 @@ impl LlamaServer {
     pub fn smollm2(parallel: u32, ctx: u32) -> LlamaServer {
         Self::start(SMOLLM2, 1, ctx, parallel, &[])
     }
+}
+
+/// `text` (a TOML document) with `key` (dotted) set to the TOML `value`, or removed when
+/// `value` is `None`; panics when the key's table is missing, or the key when `must_exist`.
+pub fn edit_toml(text: &str, key: &str, value: Option<&str>, must_exist: bool) -> String {
+    let mut doc: toml::Table = toml::from_str(text).unwrap();
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().unwrap();
+    let mut table = &mut doc;
+    for p in parts {
+        table = table
+            .get_mut(p)
+            .and_then(|t| t.as_table_mut())
+            .unwrap_or_else(|| panic!("the config has no table `{p}` (editing `{key}`)"));
+    }
+    assert!(
+        !must_exist || table.contains_key(last),
+        "the config has no `{key}` to change"
+    );
+    match value {
+        Some(v) => {
+            let parsed: toml::Table = toml::from_str(&format!("v = {v}")).unwrap();
+            table.insert(last.to_string(), parsed["v"].clone());
+        }
+        None => {
+            table.remove(last);
+        }
+    }
+    toml::to_string(&doc).unwrap()
 }
 
 /// The small model every model test runs (fetched by scripts/setup.sh).
