@@ -9,7 +9,7 @@ mod render;
 use anyhow::{Context as _, Result};
 use args::{Args, Cmd};
 use clap::Parser;
-use pipe::config::{self, Loaded, Role};
+use pipe::config::{self, Loaded};
 use pipe::engine::{self, BuildOptions, Context};
 use pipe::stages::runtime::{Probe, Runtime};
 use pipe::stages::{self, Mode};
@@ -135,30 +135,12 @@ fn run(args: Args) -> Result<Exit> {
     match &args.cmd {
         Cmd::Build(b) => {
             // Reject unknown targets before touching the store.
-            let names: Vec<&str> = {
-                let p = stages::pipeline(
-                    mode(&args),
-                    Arc::new(Runtime::new(&loaded, None, Probe::ConfigOnly)),
-                );
-                let closure = p.closure(&b.targets).map_err(|e| BadInput(e.to_string()))?;
-                closure.iter().map(|&i| p.names()[i]).collect()
-            };
+            let scope = stages::BuildScope::new(mode(&args), &loaded, &b.targets)
+                .map_err(|e| BadInput(e.to_string()))?;
             let store = open_store(&loaded)?;
-            // A build asks the servers of the arms it will run who they are.
-            let probe = match mode(&args) {
-                Mode::Synthetic => Probe::ConfigOnly,
-                Mode::Real => {
-                    Probe::Servers(match (names.contains(&"trial"), names.contains(&"eval")) {
-                        (true, true) => &[Role::Baseline, Role::Finetuned],
-                        (true, false) => &[Role::Baseline],
-                        (false, true) => &[Role::Finetuned],
-                        (false, false) => &[],
-                    })
-                }
-            };
             let pipeline = stages::pipeline(
                 mode(&args),
-                Arc::new(Runtime::new(&loaded, Some(&store), probe)),
+                Arc::new(Runtime::new(&loaded, Some(&store), scope.probe())),
             );
             let opts = BuildOptions {
                 jobs: b.jobs.unwrap_or_else(|| default_jobs(&loaded)),
@@ -169,13 +151,10 @@ fn run(args: Args) -> Result<Exit> {
             let rep = engine::build(&store, &pipeline, &cx, &b.targets, &opts, &reporter)?;
             drop(reporter);
             render::build(&rep, b.json, b.dry_run);
-            if mode(&args) == Mode::Real
-                && names.contains(&"report")
-                && !b.dry_run
-                && rep.failures.is_empty()
-            {
-                let files =
-                    stages::report::export(&store, &loaded).context("writing the report files")?;
+            if !b.dry_run && rep.failures.is_empty() {
+                let files = scope
+                    .publish(&store, &loaded)
+                    .context("writing the report files")?;
                 render::exported(&files, b.json);
             }
             Ok(if rep.failures.is_empty() {

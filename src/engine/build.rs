@@ -2,7 +2,7 @@
 //! compute the rest on `jobs` threads, commit records through leases, and write each stage's
 //! ref once all its items are in.
 
-use super::plan::{Evaluated, evaluate};
+use super::plan::{Done, Evaluated, Found, walk};
 use super::{Context, Job, Pipeline, Stage, StageError, Upstream};
 use crate::key::Hash;
 use crate::progress::Reporter;
@@ -149,110 +149,150 @@ fn build_once(
     reporter: &dyn Reporter,
 ) -> Result<BuildReport, BuildError> {
     let mut rep = BuildReport::default();
-    let mut known: BTreeMap<String, Upstream> = BTreeMap::new();
-    for &i in closure {
-        let stage = pipeline.stages()[i].as_ref();
-        let name = stage.name();
-        if let Some(dep) = stage.deps().iter().find(|d| !known.contains_key(**d)) {
-            rep.stages.push(StageRun {
-                target: name.into(),
-                total: stage.items(cx).len(),
-                blocked_on: Some(dep.to_string()),
-                ..Default::default()
-            });
-            continue;
-        }
-        let outputs: BTreeMap<String, Hash> =
-            known.iter().map(|(k, u)| (k.clone(), u.output)).collect();
-        let ev = evaluate(stage, cx, &outputs);
-        let old = store.get_ref(name)?;
-        if let Some(r) = old.as_ref().filter(|r| r.stage_key == ev.stage_key) {
-            known.insert(name.into(), Upstream::new(r.output, r.manifest));
-            rep.stages.push(StageRun {
-                target: name.into(),
-                total: ev.items.len(),
-                cached: ev.items.len(),
-                up_to_date: true,
-                ..Default::default()
-            });
-            continue;
-        }
-        if opts.dry_run {
-            let cached = ev.keys.iter().filter(|k| store.has_record(k)).count();
-            rep.stages.push(StageRun {
-                target: name.into(),
-                total: ev.items.len(),
-                cached,
-                ..Default::default()
-            });
-            // Downstream keys need this stage's outputs: only a real build can tell.
-            continue;
-        }
-        let old_entries: HashMap<Hash, ManifestEntry> = match &old {
-            Some(r) => match store.manifest(&r.manifest) {
-                Ok(m) => m.entries.into_iter().map(|e| (e.key, e)).collect(),
-                Err(_) => HashMap::new(),
-            },
-            None => HashMap::new(),
-        };
-        cx.flush_blobs(store)?;
-        let common_id = store.put_json(&ev.common)?;
-        // A ref must never name a record that is gone. A concurrent `gc` may remove records
-        // of a long stage that are older than its grace and not yet under any ref: check
-        // before writing the ref, and compute again whatever vanished.
-        let mut reuse = &old_entries;
-        let empty = HashMap::new();
-        let mut passes = 0;
-        let entries = loop {
-            passes += 1;
-            let (run, entries, failures) = run_stage(
-                store, stage, cx, &ev, common_id, &known, reuse, opts, reporter,
-            )?;
-            if !failures.is_empty() {
-                rep.stages.push(run);
-                rep.failures.extend(failures);
-                break None;
+    // Set when an item failed without --keep-going: later stages are neither run nor listed.
+    let mut stopped = false;
+    walk(
+        store,
+        pipeline,
+        cx,
+        closure,
+        |stage, found, known| -> Result<Option<Done>, BuildError> {
+            let name = stage.name();
+            if stopped {
+                return Ok(None);
             }
-            let lost = entries
-                .par_iter()
-                .filter(|e| !store.has_record(&e.key))
-                .count();
-            if lost == 0 || passes == 3 {
-                rep.stages.push(run);
-                if lost > 0 {
-                    return Err(StoreError::Corrupt {
-                        what: format!("{lost} records of `{name}` keep vanishing while it builds"),
-                    }
-                    .into());
+            let (ev, old) = match found {
+                Found::Waiting { on, .. } => {
+                    rep.stages.push(StageRun {
+                        target: name.into(),
+                        total: stage.items(cx).len(),
+                        blocked_on: Some(on.to_string()),
+                        ..Default::default()
+                    });
+                    return Ok(None);
                 }
-                break Some(entries);
+                Found::UpToDate { current, ev } => {
+                    rep.stages.push(StageRun {
+                        target: name.into(),
+                        total: ev.items.len(),
+                        cached: ev.items.len(),
+                        up_to_date: true,
+                        ..Default::default()
+                    });
+                    return Ok(Some(Done::of(&current)));
+                }
+                Found::NeedsWork { ev, old } => (ev, old),
+            };
+            if opts.dry_run {
+                let cached = ev.keys.iter().filter(|k| store.has_record(k)).count();
+                rep.stages.push(StageRun {
+                    target: name.into(),
+                    total: ev.items.len(),
+                    cached,
+                    ..Default::default()
+                });
+                // Downstream keys need this stage's outputs: only a real build can tell.
+                return Ok(None);
             }
-            tracing::warn!("{lost} records of `{name}` vanished during the build; recomputing");
-            reuse = &empty;
-        };
-        let Some(entries) = entries else {
-            if !opts.keep_going {
-                return Ok(rep);
+            // A stage reads only the inputs that key it.
+            let upstream: BTreeMap<String, Upstream> = stage
+                .deps()
+                .iter()
+                .map(|d| {
+                    (
+                        d.to_string(),
+                        Upstream::new(known[d].output, known[d].manifest),
+                    )
+                })
+                .collect();
+            match build_stage(
+                store, stage, cx, &ev, old, &upstream, opts, reporter, &mut rep,
+            )? {
+                Some(done) => Ok(Some(done)),
+                None => {
+                    stopped = !opts.keep_going;
+                    Ok(None)
+                }
             }
-            continue;
-        };
-        let manifest = Manifest { entries };
-        let manifest_id = store.put(&manifest.encode())?;
-        let output = manifest.output_hash();
-        crate::failpoint("build:before-ref");
-        store.set_ref(&Ref {
-            stage: name.into(),
-            stage_key: ev.stage_key,
-            common: common_id,
-            manifest: manifest_id,
-            output,
-            items: manifest.entries.len(),
-            built_ms: now_ms(),
-            producer: store.producer(),
-        })?;
-        known.insert(name.into(), Upstream::new(output, manifest_id));
-    }
+        },
+    )?;
     Ok(rep)
+}
+
+/// Compute what a stage lacks and write its ref; `None` when items failed.
+#[allow(clippy::too_many_arguments)]
+fn build_stage(
+    store: &Store,
+    stage: &dyn Stage,
+    cx: &Context<'_>,
+    ev: &Evaluated,
+    old: Option<Ref>,
+    upstream: &BTreeMap<String, Upstream>,
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+    rep: &mut BuildReport,
+) -> Result<Option<Done>, BuildError> {
+    let name = stage.name();
+    let old_entries: HashMap<Hash, ManifestEntry> = match &old {
+        Some(r) => match store.manifest(&r.manifest) {
+            Ok(m) => m.entries.into_iter().map(|e| (e.key, e)).collect(),
+            Err(_) => HashMap::new(),
+        },
+        None => HashMap::new(),
+    };
+    cx.flush_blobs(store)?;
+    let common_id = store.put_json(&ev.common)?;
+    // A ref must never name a record that is gone. A concurrent `gc` may remove records
+    // of a long stage that are older than its grace and not yet under any ref: check
+    // before writing the ref, and compute again whatever vanished.
+    let mut reuse = &old_entries;
+    let empty = HashMap::new();
+    let mut passes = 0;
+    let entries = loop {
+        passes += 1;
+        let (run, entries, failures) = run_stage(
+            store, stage, cx, ev, common_id, upstream, reuse, opts, reporter,
+        )?;
+        if !failures.is_empty() {
+            rep.stages.push(run);
+            rep.failures.extend(failures);
+            return Ok(None);
+        }
+        let lost = entries
+            .par_iter()
+            .filter(|e| !store.has_record(&e.key))
+            .count();
+        if lost == 0 || passes == 3 {
+            rep.stages.push(run);
+            if lost > 0 {
+                return Err(StoreError::Corrupt {
+                    what: format!("{lost} records of `{name}` keep vanishing while it builds"),
+                }
+                .into());
+            }
+            break entries;
+        }
+        tracing::warn!("{lost} records of `{name}` vanished during the build; recomputing");
+        reuse = &empty;
+    };
+    let manifest = Manifest { entries };
+    let manifest_id = store.put(&manifest.encode())?;
+    let output = manifest.output_hash();
+    crate::failpoint("build:before-ref");
+    store.set_ref(&Ref {
+        stage: name.into(),
+        stage_key: ev.stage_key,
+        common: common_id,
+        manifest: manifest_id,
+        output,
+        items: manifest.entries.len(),
+        built_ms: now_ms(),
+        producer: store.producer(),
+    })?;
+    Ok(Some(Done {
+        output,
+        manifest: manifest_id,
+    }))
 }
 
 type StageResult = (StageRun, Vec<ManifestEntry>, Vec<Failure>);

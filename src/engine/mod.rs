@@ -7,8 +7,10 @@
 //! not their keys, so a change that leaves a stage's outputs equal stops there (early cutoff).
 
 pub mod build;
+pub mod diff;
 pub mod explain;
 pub mod plan;
+pub mod status;
 
 use crate::config::Loaded;
 use crate::key::{Hash, canonical};
@@ -20,7 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub use build::{BuildOptions, BuildReport, build};
 pub use explain::explain;
-pub use plan::{StageState, StageStatus, status};
+pub use status::{StageState, StageStatus, status};
 
 /// What stages see of the world while declaring items: the config and tasks, and a place to
 /// put large ingredients as objects (`{"$obj": hash}`) so keys stay small and `explain` can

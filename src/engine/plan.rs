@@ -1,10 +1,10 @@
-//! Evaluating a stage (its items and keys) and the read-only `status` walk.
+//! Evaluating a stage (its items and keys) and the one walk over the DAG ([`walk`]) that
+//! `status`, `explain` and `build` share.
 
 use super::{Context, Item, Pipeline, Stage};
 use crate::key::{Hash, common_ingredients, stage_key};
-use crate::store::{Manifest, ManifestEntry, Store, StoreError};
+use crate::store::{Manifest, ManifestEntry, Ref, Store, StoreError};
 use rayon::prelude::*;
-use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -51,125 +51,83 @@ pub fn evaluate(stage: &dyn Stage, cx: &Context<'_>, inputs: &BTreeMap<String, H
     }
 }
 
-/// Where a target stands.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum StageState {
-    /// Every item of the current key is built.
+/// A complete stage, as the walk knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Done {
+    /// Its output hash (what keys its dependants).
+    pub output: Hash,
+    /// Its manifest object.
+    pub manifest: Hash,
+}
+
+/// What the walk found for one stage, before anyone acts on it.
+pub enum Found {
+    /// An input is not complete: this stage's key cannot be computed yet.
+    Waiting {
+        /// The first incomplete input.
+        on: &'static str,
+        /// The stage's last complete build, if any.
+        old: Option<Ref>,
+    },
+    /// The stage's ref matches its current key.
     UpToDate {
-        /// Items.
-        items: usize,
+        /// Its ref.
+        current: Ref,
+        /// Its items, evaluated.
+        ev: Evaluated,
     },
-    /// Some items of the current key are built (or being built).
-    Partial {
-        /// Built.
-        done: usize,
-        /// All.
-        total: usize,
-        /// Items being computed now, with their lease holder (`host:pid`).
-        running: Vec<(String, String)>,
+    /// The ref is absent or was built from other inputs.
+    NeedsWork {
+        /// The current keys.
+        ev: Evaluated,
+        /// The last complete build, if any.
+        old: Option<Ref>,
     },
-    /// Built before, but its inputs changed and nothing of the new build exists yet.
-    Stale {
-        /// Why, briefly (`pipe explain` tells in full).
-        reason: String,
-    },
-    /// Never built.
-    Missing,
 }
 
-/// One line of `pipe status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct StageStatus {
-    /// Target name.
-    pub target: &'static str,
-    /// Its state.
-    #[serde(flatten)]
-    pub state: StageState,
-}
-
-/// The status of every target. Reads refs, stats records and leases; writes nothing.
-pub fn status(
+/// The one walk over stages that `status`, `explain` and `build` share: in dependency order,
+/// each stage's key from its inputs' outputs, compared with its ref. `visit` decides what to
+/// do with each [`Found`] and returns the stage's outputs when it is (or becomes) complete, so
+/// its dependants can be keyed; a stage whose inputs are not all complete is `Waiting`.
+pub fn walk<E: From<StoreError>>(
     store: &Store,
     pipeline: &Pipeline,
     cx: &Context<'_>,
-) -> Result<Vec<StageStatus>, StoreError> {
-    let mut known: BTreeMap<String, Hash> = BTreeMap::new();
-    let mut out = Vec::new();
-    for stage in pipeline.stages() {
-        let name = stage.name();
-        let old = store.get_ref(name)?;
-        if let Some(dep) = stage.deps().iter().find(|d| !known.contains_key(**d)) {
-            let state = match old {
-                Some(_) => StageState::Stale {
-                    reason: format!("waiting on `{dep}`"),
-                },
-                None => StageState::Missing,
-            };
-            out.push(StageStatus {
-                target: name,
-                state,
-            });
-            continue;
-        }
-        let ev = evaluate(stage.as_ref(), cx, &known);
-        if let Some(r) = old.as_ref().filter(|r| r.stage_key == ev.stage_key) {
-            known.insert(name.to_string(), r.output);
-            out.push(StageStatus {
-                target: name,
-                state: StageState::UpToDate { items: r.items },
-            });
-            continue;
-        }
-        // Items the last complete build already covers are not progress of the new one.
-        let covered: std::collections::HashSet<Hash> = match &old {
-            Some(r) => store
-                .manifest(&r.manifest)
-                .map(|m| m.entries.into_iter().map(|e| e.key).collect())
-                .unwrap_or_default(),
-            None => Default::default(),
-        };
-        let present: Vec<bool> = ev.keys.par_iter().map(|k| store.has_record(k)).collect();
-        let done = present.iter().filter(|p| **p).count();
-        let new_done = ev
-            .keys
-            .iter()
-            .zip(&present)
-            .filter(|(k, p)| **p && !covered.contains(*k))
-            .count();
-        let total = ev.items.len();
-        let running: Vec<(String, String)> = ev
-            .keys
-            .iter()
-            .zip(&ev.items)
-            .zip(&present)
-            .filter(|(_, p)| !**p)
-            .filter_map(|((k, it), _)| store.live_lease(k).map(|l| (it.id.clone(), l.holder())))
-            .collect();
-        let state = if done == total {
-            // Complete but its ref was not yet written (a build stopped just before it).
-            let m = manifest_from_records(store, &ev)?;
-            known.insert(name.to_string(), m.output_hash());
-            StageState::UpToDate { items: total }
-        } else if new_done > 0 || !running.is_empty() || (old.is_none() && done > 0) {
-            StageState::Partial {
-                done,
-                total,
-                running,
-            }
-        } else if let Some(r) = old {
-            StageState::Stale {
-                reason: super::explain::brief_reason(store, cx, &r, &ev),
-            }
+    indices: &[usize],
+    mut visit: impl FnMut(&dyn Stage, Found, &BTreeMap<&'static str, Done>) -> Result<Option<Done>, E>,
+) -> Result<(), E> {
+    let mut known: BTreeMap<&'static str, Done> = BTreeMap::new();
+    for &i in indices {
+        let stage = pipeline.stages()[i].as_ref();
+        let old = store.get_ref(stage.name())?;
+        let found = if let Some(on) = stage.deps().iter().find(|d| !known.contains_key(**d)) {
+            Found::Waiting { on, old }
         } else {
-            StageState::Missing
+            let inputs: BTreeMap<String, Hash> = known
+                .iter()
+                .map(|(k, d)| (k.to_string(), d.output))
+                .collect();
+            let ev = evaluate(stage, cx, &inputs);
+            match old {
+                Some(r) if r.stage_key == ev.stage_key => Found::UpToDate { current: r, ev },
+                old => Found::NeedsWork { ev, old },
+            }
         };
-        out.push(StageStatus {
-            target: name,
-            state,
-        });
+        if let Some(done) = visit(stage, found, &known)? {
+            known.insert(stage.name(), done);
+        }
     }
-    Ok(out)
+    Ok(())
+}
+
+impl Done {
+    /// A ref's outputs.
+    pub fn of(r: &Ref) -> Done {
+        Done {
+            output: r.output,
+            manifest: r.manifest,
+        }
+    }
 }
 
 /// Build a manifest by reading every item's record.

@@ -20,10 +20,12 @@ pub mod runtime;
 pub mod synthetic;
 pub mod trial;
 
-use crate::config::Role;
-use crate::engine::{Context, Item, Job, Outputs, Pipeline, Stage, StageError};
-use runtime::Runtime;
+use crate::config::{Loaded, Role};
+use crate::engine::{Context, Item, Job, Outputs, Pipeline, PipelineError, Stage, StageError};
+use crate::store::{Store, StoreError};
+use runtime::{Probe, Runtime};
 use serde_json::{Value, json};
+use std::path::PathBuf;
 use std::sync::Arc;
 use trial::TrialStage;
 
@@ -122,6 +124,58 @@ fn one(id: &str, ingredients: Value) -> Vec<Item> {
 
 fn unavailable(stage: &'static str, note: &'static str) -> StageError {
     StageError::Unavailable { stage, note }
+}
+
+/// The stages that ask a model, and whose arms: a build of them asks those arms' servers who
+/// they serve before anything is keyed.
+const ASKS_MODELS: [(&str, &[Role]); 2] =
+    [("trial", &[Role::Baseline]), ("eval", &[Role::Finetuned])];
+
+/// What a build of some targets involves, decided from the DAG so that no caller has to know
+/// it: the stages it walks, which model servers it asks, and what it publishes afterwards.
+pub struct BuildScope {
+    mode: Mode,
+    names: Vec<&'static str>,
+}
+
+impl BuildScope {
+    /// The scope of building `targets` (an unknown target is an error, before any I/O).
+    pub fn new(
+        mode: Mode,
+        loaded: &Loaded,
+        targets: &[String],
+    ) -> Result<BuildScope, PipelineError> {
+        let p = pipeline(
+            mode,
+            Arc::new(Runtime::new(loaded, None, Probe::ConfigOnly)),
+        );
+        let names = p.closure(targets)?.iter().map(|&i| p.names()[i]).collect();
+        Ok(BuildScope { mode, names })
+    }
+
+    /// How the runtime learns model identities for this build.
+    pub fn probe(&self) -> Probe {
+        if self.mode == Mode::Synthetic {
+            return Probe::ConfigOnly;
+        }
+        let asks = |stage: &str| self.names.contains(&stage);
+        Probe::Servers(match (asks(ASKS_MODELS[0].0), asks(ASKS_MODELS[1].0)) {
+            (true, true) => &[Role::Baseline, Role::Finetuned],
+            (true, false) => ASKS_MODELS[0].1,
+            (false, true) => ASKS_MODELS[1].1,
+            (false, false) => &[],
+        })
+    }
+
+    /// After a build that succeeded: copy what it produced for people to read out of the
+    /// store (the report's files into the reports directory). Returns the paths written.
+    pub fn publish(&self, store: &Store, loaded: &Loaded) -> Result<Vec<PathBuf>, StoreError> {
+        if self.mode == Mode::Real && self.names.contains(&"report") {
+            report::export(store, loaded)
+        } else {
+            Ok(Vec::new())
+        }
+    }
 }
 
 /// The pipeline, with real or synthetic run functions, over a runtime (models, guard).
