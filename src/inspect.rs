@@ -1,5 +1,7 @@
 //! `pipe show`: an artifact with its inputs and provenance, found by target name,
 //! `target/item`, action key or object hash (or a unique prefix of either).
+//!
+//! Glue over [`crate::store`] and [`crate::engine`], like the stages.
 
 use crate::engine::{Context, Pipeline};
 use crate::key::Hash;

@@ -3,6 +3,8 @@
 //! Why canonical JSON: `serde_json::Value` keeps object keys sorted (no `preserve_order`), and
 //! `to_string` writes no whitespace, so two configs that differ only in formatting, comments or
 //! key order serialise to the same bytes. Keys are built from *parsed* values, never raw text.
+//!
+//! Depends on nothing else of pipe.
 
 use serde_json::Value;
 use std::fmt;

@@ -2,14 +2,27 @@
 //! content-addressed store that several processes and machines can share.
 //!
 //! ```text
-//! pipeline.toml + tasks/*.json ──① config──► Config + Tasks
+//! pipeline.toml + tasks/*.json ──config──► Config + Tasks
 //!        │
 //!        ▼
-//! ② engine: stages (③ stages/) in a DAG; key = blake3(stage, version, params, input outputs)
-//!        │   status / explain / build (leases, jobs, early cutoff)
+//! stages: the DAG (trial → extract → format → train → convert → eval → report), thin glue
+//!        │   declares keys and items; each run function calls a library below
 //!        ▼
-//! ④ store: objects (blake3-named) · action records · leases · refs · probes (see store::dirs)
+//! engine: keys, status / explain / build over one plan walk; leases, jobs, early cutoff
+//!        │
+//!        ▼
+//! store: objects (blake3-named) · action records · leases · refs · probes (see store::dirs)
 //! ```
+//!
+//! The modules in layers; a module uses only those in its own layer or below, never above:
+//!
+//! | layer | modules | job |
+//! |---|---|---|
+//! | glue | [`stages`], [`inspect`] | what each target keys on and does, in store terms |
+//! | engine | [`engine`], [`store`], [`key`], [`progress`] | make-style builds over the content-addressed store; knows nothing of models or tasks |
+//! | work | [`workflow`], [`guard`], [`samples`], [`report`], [`stats`] | one trial, its guards, training data, the report — no store |
+//! | models | [`chat`] over [`model`] | chat backends; our own model stack (weights, inference, LoRA) — no store |
+//! | input | [`config`] | `pipeline.toml` and task files, validated |
 //!
 //! The library never prints; the `pipe` binary is a thin CLI over it.
 #![deny(missing_docs)]

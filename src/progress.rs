@@ -1,5 +1,7 @@
 //! Progress callbacks. The library never prints: the CLI implements [`Reporter`] with
 //! progress bars, tests with counters.
+//!
+//! Depends on nothing else of pipe.
 
 use serde_json::Value;
 

@@ -10,15 +10,14 @@ use pipe::chat::local::LocalModel;
 use pipe::chat::{Message, Role};
 use pipe::model::config::Proj;
 use pipe::model::infer::SeqCache;
-use pipe::model::lora::{Adapter, Target};
 use pipe::model::rope::{QkOrder, to_halves};
 use pipe::model::source::Source;
 use serde_json::json;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 mod common;
-use common::{SMOLLM2, matrix};
+use common::{SMOLLM2, adapter, logits, max_diff};
 
 fn write_hf_dir(gguf: &Path, m: &LocalModel, dir: &Path) {
     let mut f = std::fs::File::open(gguf).unwrap();
@@ -101,14 +100,21 @@ fn write_hf_dir(gguf: &Path, m: &LocalModel, dir: &Path) {
     std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
 }
 
-#[test]
-fn an_hf_directory_is_the_same_model_as_its_gguf() {
+/// SmolLM2's GGUF, and the same model written out as an HF directory under a temp dir:
+/// (gguf path, from the GGUF, from the directory, the directory, its temp dir).
+fn smollm2_both_ways() -> (PathBuf, LocalModel, LocalModel, PathBuf, tempfile::TempDir) {
     let gguf = common::model(SMOLLM2);
     let from_gguf = LocalModel::load(&gguf).unwrap();
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("smollm2-hf");
     write_hf_dir(&gguf, &from_gguf, &dir);
     let from_hf = LocalModel::open(&Source::HfDir(dir.clone()), None).unwrap();
+    (gguf, from_gguf, from_hf, dir, d)
+}
+
+#[test]
+fn an_hf_directory_is_the_same_model_as_its_gguf() {
+    let (_, from_gguf, from_hf, dir, d) = smollm2_both_ways();
 
     let msgs = [Message::new(
         Role::User,
@@ -163,35 +169,19 @@ fn an_hf_directory_is_the_same_model_as_its_gguf() {
 /// for llama.cpp's rotation. Applied to either, the adapter must give the same model.
 #[test]
 fn a_peft_adapter_means_the_same_on_the_gguf_and_on_hf_order_weights() {
-    let gguf = common::model(SMOLLM2);
-    let from_gguf = LocalModel::load(&gguf).unwrap();
-    let d = tempfile::tempdir().unwrap();
-    let dir = d.path().join("smollm2-hf");
-    write_hf_dir(&gguf, &from_gguf, &dir);
-    let hf = LocalModel::open(&Source::HfDir(dir.clone()), None).unwrap();
+    let (gguf, _, hf, dir, d) = smollm2_both_ways();
     let config = hf.transformer().config.clone();
 
     // q and k are the projections whose rows the two layouts order differently; v does not.
-    let (rank, mut targets) = (8, Vec::new());
-    for (i, blk) in hf.transformer().blocks.iter().enumerate() {
-        for (j, p) in [Proj::Q, Proj::K, Proj::V].into_iter().enumerate() {
-            let (out, inp) = blk.proj(p).shape();
-            let seed = (i * 8 + j) as u64;
-            targets.push(Target {
-                block: i,
-                proj: p,
-                a: matrix(rank, inp, seed, 0.1),
-                b: matrix(out, rank, seed + 500, 0.05),
-            });
-        }
-    }
-    let adapter = Adapter {
-        targets,
-        alpha: 16.0,
-        rank,
-        rslora: false,
-        order: QkOrder::Halves,
-    };
+    // Built on the HF-order model: B in rotate-half order, as PEFT has it.
+    let adapter = adapter(
+        hf.transformer(),
+        &[Proj::Q, Proj::K, Proj::V],
+        8,
+        16.0,
+        0.05,
+    );
+    assert_eq!(adapter.order, QkOrder::Halves);
     let peft = d.path().join("peft");
     adapter
         .write_peft(&peft, "HuggingFaceTB/SmolLM2-135M-Instruct", &config)
@@ -207,17 +197,8 @@ fn a_peft_adapter_means_the_same_on_the_gguf_and_on_hf_order_weights() {
         .tokenizer()
         .encode(&on_gguf.render(&msgs).unwrap())
         .unwrap();
-    let logits = |m: &LocalModel| {
-        m.transformer()
-            .forward_one(&ids, &mut SeqCache::default())
-            .unwrap()
-    };
-    let diff = |a: &[f32], b: &[f32]| {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max)
-    };
+    let logits = |m: &LocalModel| logits(m.transformer(), &ids);
+    let diff = max_diff;
     let (g, h) = (logits(&on_gguf), logits(&on_hf));
     let moved = diff(&h, &logits(&hf));
     assert!(

@@ -4,43 +4,16 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{SMOLLM2, matrix, softmax, values};
+use common::{SMOLLM2, adapter, logits, max_diff, softmax, values};
 use pipe::chat::local::LocalModel;
 use pipe::chat::{Message, Role};
 use pipe::model::config::Proj;
-use pipe::model::infer::{SeqCache, Transformer};
-use pipe::model::lora::{Adapter, Target};
-use pipe::model::rope::QkOrder;
+use pipe::model::lora::Adapter;
 use serde_json::json;
 use std::path::PathBuf;
 
 fn smollm2() -> LocalModel {
     LocalModel::load(&common::model(SMOLLM2)).unwrap()
-}
-
-/// An adapter of `rank` on `projs` of every block; B is zero when `amp_b` is 0.
-fn adapter(m: &Transformer, projs: &[Proj], rank: usize, alpha: f64, amp_b: f32) -> Adapter {
-    let mut targets = Vec::new();
-    for (i, blk) in m.blocks.iter().enumerate() {
-        for (j, &p) in projs.iter().enumerate() {
-            let (out, inp) = blk.proj(p).shape();
-            let seed = (i * 16 + j) as u64;
-            targets.push(Target {
-                block: i,
-                proj: p,
-                a: matrix(rank, inp, seed, 0.1),
-                b: matrix(out, rank, seed + 1000, amp_b),
-            });
-        }
-    }
-    Adapter {
-        targets,
-        alpha,
-        rank,
-        rslora: false,
-        // B as the model holds its rows (SmolLM2's GGUF: llama.cpp's permuted q/k).
-        order: QkOrder::of(&m.config),
-    }
 }
 
 fn prompt(m: &LocalModel) -> Vec<u32> {
@@ -51,17 +24,6 @@ fn prompt(m: &LocalModel) -> Vec<u32> {
         )])
         .unwrap();
     m.tokenizer().encode(&text).unwrap()
-}
-
-fn logits(t: &Transformer, ids: &[u32]) -> Vec<f32> {
-    t.forward_one(ids, &mut SeqCache::default()).unwrap()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]

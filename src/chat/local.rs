@@ -1,7 +1,7 @@
 //! The `local` backend: a GGUF model run in process with candle.
 //!
 //! Everything comes from the one file: the quantised weights (run by our
-//! [`Transformer`](crate::model::infer::Transformer), which keeps a KV cache per sequence), the
+//! [`Transformer`], which keeps a KV cache per sequence), the
 //! tokenizer (rebuilt by [`crate::model::tokenizer`] to match llama.cpp's ids) and the chat
 //! template (`tokenizer.chat_template`, rendered with minijinja the way Hugging Face renders
 //! it). A file is loaded once per process and shared.

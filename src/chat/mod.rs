@@ -2,6 +2,9 @@
 //! (any OpenAI-compatible server) and `local` (our own model stack, [`crate::model`], run in
 //! process). This is the only model interface the workflow imports.
 //!
+//! Depends on [`crate::model`] (and [`crate::key`] for a server's identity digest); never on
+//! the store or the stages.
+//!
 //! The trait is synchronous on purpose: trials already run on the engine's worker threads, one
 //! request each, so an async trait would only add a runtime to every caller. A backend that
 //! wants to share work between concurrent trials (the local one batches sequences) does it

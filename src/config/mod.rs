@@ -4,6 +4,8 @@
 //! `serde_path_to_error`), because a user fixing a config wants to jump straight to the spot.
 //! Unknown keys, wrong types and missing keys are all errors: a typo must never silently fall
 //! back to a default that changes what the experiment measures.
+//!
+//! Depends on nothing else of pipe: every other module may read a [`Loaded`].
 
 pub mod tasks;
 

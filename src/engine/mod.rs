@@ -5,6 +5,9 @@
 //! the *output hashes* of the stage's inputs, finds what is already in the store, leases what
 //! is not, runs it, and commits the records. A stage's output hash covers its items' outputs and
 //! not their keys, so a change that leaves a stage's outputs equal stops there (early cutoff).
+//!
+//! Depends on [`crate::store`], [`crate::key`], [`crate::config`] (the context stages declare
+//! from) and [`crate::progress`]; never on a stage, a model or the workflow.
 
 pub mod build;
 pub mod diff;

@@ -15,6 +15,8 @@
 //!   would blame the model for a broken machine), so a run only counts once our pytest plugin
 //!   has reported from inside the sandbox that python, pytest and the plugin all started —
 //!   which happens before any generated code is imported.
+//!
+//! Depends on nothing else of pipe: it judges code, knowing neither models nor the store.
 
 mod mutants;
 mod sandbox;

@@ -10,6 +10,9 @@
 //! Pure and deterministic: no clock, no randomness, no I/O, and the trials are sorted before
 //! use, so the same input gives the same bytes whatever order the trials arrive in — the
 //! report is a cached pipeline artifact. All statistics come from [`crate::stats`].
+//!
+//! Depends on [`crate::stats`] only: the `report` stage reads the store and hands this a
+//! [`ReportInput`].
 
 mod analysis;
 mod charts;

@@ -5,7 +5,9 @@
 //! attempt and whose workflow then **passed** — the verdict, not the shape: with the mutation
 //! guard on, a trial whose tests it rejected is no sample even though an implementation passed
 //! them. Deduplicated by a normalised hash of the test code, with counts per task of what was
-//! kept and what was dropped, and why. Knows trials and samples only: no store, no stage.
+//! kept and what was dropped, and why.
+//!
+//! Depends on [`crate::workflow`]'s record types only: no store, no stage.
 
 pub mod jsonl;
 

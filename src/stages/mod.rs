@@ -12,6 +12,10 @@
 //! is its run function: the real ones arrive with their issues; the synthetic ones
 //! ([`synthetic`]) are small deterministic stand-ins that exercise the engine with the real
 //! keys, items and DAG (tests, benchmarks, and `pipe --synthetic`).
+//!
+//! Glue: may use every module. The work of a stage lives in a library that knows nothing of
+//! the store ([`crate::workflow`], [`crate::samples`], [`crate::report`], …); a stage file
+//! declares keys and items, reads its inputs as typed data, calls the library, writes outputs.
 
 pub mod extract;
 pub mod format;

@@ -16,6 +16,8 @@
 //! The names are [`dirs`]' constants; nothing else spells them.
 //!
 //! A format change bumps a directory's suffix; nothing is rewritten in place.
+//!
+//! Depends on [`crate::key`] only.
 
 pub mod atomic;
 pub mod lease;

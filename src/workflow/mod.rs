@@ -5,6 +5,9 @@
 //! Everything the model saw and said is kept, attempt by attempt, because the later stages
 //! need it: `extract` keeps the accepted replies, `format` replays the exact prompts, `report`
 //! counts retries and links each number back to its transcript.
+//!
+//! Depends on [`crate::chat`] (the model behind a trait) and [`crate::guard`]; never on the
+//! store or the stages.
 
 pub mod extract;
 pub mod prompts;

@@ -435,6 +435,49 @@ pub fn matrix(rows: usize, cols: usize, seed: u64, amp: f32) -> candle_core::Ten
     .unwrap()
 }
 
+/// An adapter of `rank` on `projs` of every block; B is zero when `amp_b` is 0.
+pub fn adapter(
+    m: &pipe::model::infer::Transformer,
+    projs: &[pipe::model::config::Proj],
+    rank: usize,
+    alpha: f64,
+    amp_b: f32,
+) -> pipe::model::lora::Adapter {
+    let mut targets = Vec::new();
+    for (i, blk) in m.blocks.iter().enumerate() {
+        for (j, &p) in projs.iter().enumerate() {
+            let (out, inp) = blk.proj(p).shape();
+            let seed = (i * 16 + j) as u64;
+            targets.push(pipe::model::lora::Target {
+                block: i,
+                proj: p,
+                a: matrix(rank, inp, seed, 0.1),
+                b: matrix(out, rank, seed + 1000, amp_b),
+            });
+        }
+    }
+    pipe::model::lora::Adapter {
+        targets,
+        alpha,
+        rank,
+        rslora: false,
+        // B as the model holds its rows (SmolLM2's GGUF: llama.cpp's permuted q/k).
+        order: pipe::model::rope::QkOrder::of(&m.config),
+    }
+}
+
+pub fn logits(t: &pipe::model::infer::Transformer, ids: &[u32]) -> Vec<f32> {
+    t.forward_one(ids, &mut pipe::model::infer::SeqCache::default())
+        .unwrap()
+}
+
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
 /// The repo's Python venv (made by scripts/setup.sh).
 pub fn venv() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv")
