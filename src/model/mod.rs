@@ -18,4 +18,5 @@ pub mod rope;
 pub mod source;
 pub mod template;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;

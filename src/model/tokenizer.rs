@@ -317,6 +317,16 @@ impl GgufTokenizer {
         Ok(ids)
     }
 
+    /// Token ids for `text` as it continues a sequence (a reply after its prompt): as
+    /// [`encode`](Self::encode), without the BOS token.
+    pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self
+            .tok
+            .encode_fast(text, false)
+            .map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// The text of generated ids, control tokens left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
         self.tok

@@ -102,6 +102,20 @@ impl Linear {
         (self.out, self.inp)
     }
 
+    /// The weights the CPU kernel runs (what training shares), when the projection lives on
+    /// the CPU.
+    pub fn cpu_weights(&self) -> Option<&Arc<QWeights>> {
+        match &self.w {
+            Weight::Cpu(w) => Some(w),
+            Weight::Candle(_) => None,
+        }
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     /// The adapter on this projection, if any.
     pub fn lora(&self) -> Option<&Lora> {
         self.lora.as_ref()
@@ -383,6 +397,11 @@ impl Transformer {
     /// Where the model runs.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The rotary tables (cos, sin), each (max_seq, head_dim / 2): what training rotates with.
+    pub fn rotary(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
     }
 
     fn rope(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
