@@ -112,6 +112,9 @@ fn input(total: usize) -> ReportInput {
                 .map(|s| (s, 2.0 / (1.0 + s as f64 * 0.05)))
                 .collect(),
             val_loss: (0..10).map(|s| (s * 50, 1.8 / (1.0 + s as f64))).collect(),
+            samples: 40,
+            val_samples: 4,
+            skipped: None,
         }),
     }
 }

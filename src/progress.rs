@@ -11,6 +11,8 @@ pub trait Reporter: Send + Sync {
     fn stage_start(&self, _stage: &str, _total: usize, _todo: usize) {}
     /// An item finished: computed by this process (`ours`) or found committed by another.
     fn item_done(&self, _stage: &str, _item: &str, _summary: &Value, _ours: bool) {}
+    /// A long item's progress: `done` of `total` units (training steps), and a line about it.
+    fn item_progress(&self, _stage: &str, _item: &str, _done: u64, _total: u64, _message: &str) {}
     /// An item failed (not recorded).
     fn item_failed(&self, _stage: &str, _item: &str, _error: &str) {}
     /// A stage finished (or stopped).

@@ -83,6 +83,9 @@ fn input() -> ReportInput {
         training: Some(Training {
             loss: (0..20).map(|s| (s * 10, 2.0 / (1.0 + s as f64))).collect(),
             val_loss: (0..4).map(|s| (s * 50, 1.5 / (1.0 + s as f64))).collect(),
+            samples: 40,
+            val_samples: 4,
+            skipped: None,
         }),
     }
 }

@@ -51,6 +51,14 @@ impl Reporter for Bars {
             pb.inc(1);
         }
     }
+    fn item_progress(&self, _stage: &str, _item: &str, done: u64, total: u64, message: &str) {
+        // A long single item (training): the bar counts its steps instead of items.
+        if let Some(pb) = &*self.bar.lock().unwrap() {
+            pb.set_length(total);
+            pb.set_position(done);
+            pb.set_message(message.to_string());
+        }
+    }
     fn item_failed(&self, _stage: &str, item: &str, error: &str) {
         if let Some(pb) = &*self.bar.lock().unwrap() {
             pb.println(format!("failed: {item}: {error}"));

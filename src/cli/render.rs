@@ -204,12 +204,13 @@ pub fn gc(rep: &GcReport, as_json: bool, dry_run: bool) {
     }
     let verb = if dry_run { "would remove" } else { "removed" };
     out(&format!(
-        "{verb} {} objects ({} bytes), {} records, {} leases, {} temp files; kept {} objects",
+        "{verb} {} objects ({} bytes), {} records, {} leases, {} temp files, {} checkpoints; kept {} objects",
         rep.removed_objects,
         rep.bytes_freed,
         rep.removed_records,
         rep.removed_leases,
         rep.removed_tmp,
+        rep.removed_checkpoints,
         rep.kept_objects
     ));
 }

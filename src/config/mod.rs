@@ -206,6 +206,33 @@ pub struct Train {
     pub seed: u64,
     /// `cpu` or `cuda`; not part of the key (same maths, other silicon).
     pub device: String,
+    /// The `[models]` entry to fine-tune (optional; default: `from_arm`'s model). It must be
+    /// local (its weights on disk): point it at the GGUF an OpenAI-compatible server serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Sequences per forward pass (optional; default `batch_size`); a step's micro-batches
+    /// add their gradients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micro_batch: Option<u32>,
+    /// Share of the steps warming the learning rate up (optional; default 0.03).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_ratio: Option<f64>,
+    /// Gradients are clipped to this global norm (optional; default 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_grad_norm: Option<f64>,
+    /// Seconds between checkpoints (optional; default 60); not part of the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_s: Option<f64>,
+}
+
+impl Train {
+    /// The `[models]` entry training fine-tunes.
+    pub fn model_name<'a>(&'a self, cfg: &'a Config) -> &'a str {
+        match &self.model {
+            Some(m) => m,
+            None => cfg.arms[&self.from_arm].model.get_ref(),
+        }
+    }
 }
 
 /// GGUF conversion.
@@ -396,6 +423,23 @@ fn validate(cfg: &Config, err: &ErrAt<'_>) -> Result<(), ConfigError> {
             None,
             "train.from_arm".into(),
             format!("no arm named {:?}", cfg.train.from_arm),
+        ));
+    }
+    if let Some(m) = &cfg.train.model
+        && !cfg.models.contains_key(m)
+    {
+        return Err(err(
+            None,
+            "train.model".into(),
+            format!("no model named {m:?} under [models]"),
+        ));
+    }
+    let t = &cfg.train;
+    if t.rank == 0 || t.epochs == 0 || t.batch_size == 0 || t.micro_batch == Some(0) {
+        return Err(err(
+            None,
+            "train".into(),
+            "rank, epochs, batch_size and micro_batch must be at least 1".into(),
         ));
     }
     Ok(())

@@ -367,11 +367,14 @@ fn run_stage(
                         }
                         let started = now_ms();
                         let job = Job {
+                            stage: name,
                             store,
                             cx,
                             item,
                             params: &ev.params,
                             upstream,
+                            key,
+                            reporter,
                         };
                         let out = stage.run(&job).map_err(|source| BuildError::Stage {
                             target: name.into(),
@@ -390,7 +393,9 @@ fn run_stage(
                             started_ms: started,
                             finished_ms: now_ms(),
                         };
-                        match lease.commit(&rec)? {
+                        let committed = lease.commit(&rec)?;
+                        store.drop_checkpoint(&key);
+                        match committed {
                             Committed::Written => Ok(Some((entry(item, rec), true))),
                             Committed::AlreadyPresent => {
                                 let theirs =

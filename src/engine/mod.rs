@@ -181,6 +181,8 @@ impl Upstream {
 
 /// What one action gets to work with.
 pub struct Job<'a> {
+    /// The stage's name.
+    pub stage: &'static str,
     /// The store (objects are written with [`Store::put`]; reads are verified).
     pub store: &'a Store,
     /// The declaring context.
@@ -191,6 +193,10 @@ pub struct Job<'a> {
     pub params: &'a Value,
     /// Complete upstream stages by name.
     pub upstream: &'a BTreeMap<String, Upstream>,
+    /// The item's key: what its checkpoints are saved under.
+    pub key: Hash,
+    /// Where progress goes.
+    pub reporter: &'a dyn crate::progress::Reporter,
 }
 
 impl Job<'_> {
@@ -220,6 +226,27 @@ impl Job<'_> {
         let bytes = self.store.get(id)?;
         serde_json::from_slice(&bytes)
             .map_err(|e| StageError::Failed(format!("{} `{name}` ({}): {e}", entry.id, id.short())))
+    }
+
+    /// Save this item's progress (a long action resumes from it after a crash). The engine
+    /// drops it once the item's record is committed.
+    pub fn save_checkpoint(&self, bytes: &[u8]) -> Result<(), StageError> {
+        Ok(self.store.put_checkpoint(&self.key, bytes)?)
+    }
+
+    /// This item's last saved progress, if any (verified).
+    pub fn checkpoint(&self) -> Option<Vec<u8>> {
+        self.store.get_checkpoint(&self.key)
+    }
+
+    /// Tell the user how far this item is.
+    pub fn progress(&self, done: u64, total: u64, message: &str) {
+        self.reporter
+            .item_progress(self.stage_name(), &self.item.id, done, total, message);
+    }
+
+    fn stage_name(&self) -> &str {
+        self.stage
     }
 
     /// An upstream stage's manifest, read and verified once.

@@ -128,6 +128,12 @@ pub struct Training {
     pub loss: Vec<(u64, f64)>,
     /// Validation loss as (step, loss).
     pub val_loss: Vec<(u64, f64)>,
+    /// Training examples.
+    pub samples: usize,
+    /// Validation examples.
+    pub val_samples: usize,
+    /// Why no adapter was trained, when none was (then the curves are empty).
+    pub skipped: Option<String>,
 }
 
 /// The rendered report: the stage writes each file under the report directory.

@@ -836,10 +836,29 @@ fn training(tr: &super::Training) -> Section {
             _ => vec![t(format!("{name}: no points."))],
         }
     };
+    if let Some(why) = &tr.skipped {
+        return Section {
+            id: "sec-training",
+            title: "Training loss".into(),
+            blocks: vec![Block::Para(vec![t(format!(
+                "No adapter was trained: {why}."
+            ))])],
+        };
+    }
+    let mut about = format!(
+        "Trained on {} samples ({} held out for validation).",
+        tr.samples, tr.val_samples
+    );
+    if tr.samples < 20 {
+        about.push_str(
+            " That is few: the fine-tuned arm can differ from its base by little more than noise, and a validation loss from so few samples says little.",
+        );
+    }
     Section {
         id: "sec-training",
         title: "Training loss".into(),
         blocks: vec![
+            Block::Para(vec![t(about)]),
             Block::List(vec![
                 summary("training loss", &tr.loss),
                 summary("validation loss", &tr.val_loss),

@@ -22,6 +22,7 @@ pub mod format;
 pub mod report;
 pub mod runtime;
 pub mod synthetic;
+pub mod train;
 pub mod trial;
 
 use crate::config::{Loaded, Role};
@@ -225,29 +226,9 @@ pub fn pipeline(mode: Mode, rt: Arc<Runtime>) -> Pipeline {
             synthetic: !real,
             run: pick(format::run, synthetic::derive),
         }),
-        Box::new(Declared {
-            name: "train",
-            version: 1,
-            deps: &["format"],
-            params: |cx| {
-                let c = &cx.loaded.config;
-                let mut t = serde_json::to_value(&c.train).expect("serialises");
-                // The device changes where the maths runs, not what it computes.
-                t.as_object_mut().expect("object").remove("device");
-                let base = &c.arms[&c.train.from_arm].model;
-                json!({"train": t, "base_model": c.models[base.get_ref()].identity()})
-            },
-            items: |_| one("adapter", json!({})),
-            synthetic: !real,
-            run: pick(
-                |_| {
-                    Err(unavailable(
-                        "train",
-                        "LoRA training with candle: not yet filed",
-                    ))
-                },
-                synthetic::derive,
-            ),
+        Box::new(train::TrainStage {
+            rt: Arc::clone(&rt),
+            synthetic: (!real).then_some(synthetic::derive as RunFn),
         }),
         Box::new(Declared {
             name: "convert",

@@ -4,10 +4,11 @@
 //! objects. [`export`] then copies them into `reports/`, so the directory always shows the
 //! current build, even when nothing had to be recomputed.
 
+use super::train::{Skipped, TrainRecord};
 use super::trial::TRANSCRIPT;
 use crate::config::{Loaded, Role};
 use crate::engine::{Job, Outputs, StageError};
-use crate::report::{ArmInfo, ExtractCounts, ReportInput, TaskInfo, TrialRow};
+use crate::report::{ArmInfo, ExtractCounts, ReportInput, TaskInfo, Training, TrialRow};
 use crate::store::{Manifest, ManifestEntry, Store, StoreError};
 use crate::workflow::{BadTrialId, TrialId, TrialSummary};
 use serde::{Deserialize, Serialize};
@@ -103,13 +104,36 @@ pub fn input(job: &Job<'_>) -> Result<ReportInput, StageError> {
     } else {
         None
     };
+    let training = if job.upstream.contains_key("train") {
+        let m = job.manifest("train")?;
+        let e = m
+            .entries
+            .first()
+            .ok_or_else(|| StageError::Failed("train has no item".into()))?;
+        let rec: TrainRecord = job.object(e, super::train::RECORD)?;
+        Some(Training {
+            loss: rec.curve.loss,
+            val_loss: rec.curve.val_loss,
+            samples: rec.train_samples,
+            val_samples: rec.val_samples,
+            skipped: rec.skipped.map(|s| {
+                match s {
+                    Skipped::NoSamples => "extract kept no sample (see the training samples above)",
+                    Skipped::AllTooLong => "every sample is longer than train.max_seq_len",
+                }
+                .to_string()
+            }),
+        })
+    } else {
+        None
+    };
     Ok(ReportInput {
         experiment: l.config.experiment.name.clone(),
         tasks,
         arms,
         trials,
         extract,
-        training: None,
+        training,
     })
 }
 

@@ -203,6 +203,32 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Model `name` in process, without any adapter: the base that training fine-tunes.
+    pub fn local_base(&self, loaded: &Loaded, name: &str) -> Result<LocalModel, String> {
+        let spec = loaded
+            .config
+            .models
+            .get(name)
+            .ok_or_else(|| format!("no model `{name}`"))?;
+        if *spec.backend.get_ref() != Backend::Local {
+            return Err(format!(
+                "training needs the weights of the model it fine-tunes, and `{name}` is served over \
+                 HTTP; add a local model with its GGUF (`gguf`, `ollama` or `hf_dir`) under [models] \
+                 and name it in `train.model`"
+            ));
+        }
+        let files = local_files(loaded, spec)?;
+        if files.adapter.is_some() {
+            return Err(format!(
+                "model `{name}` carries an adapter; training fine-tunes a base model: name one \
+                 without an adapter in `train.model`"
+            ));
+        }
+        LocalModel::open(&files.source, None).map_err(|e| e.to_string())
+    }
+}
+
 /// Why a local model given by Ollama name or Hugging Face directory cannot run yet.
 /// A local model's files: what to load, and what to hash for its identity.
 struct LocalFiles {

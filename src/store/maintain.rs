@@ -51,6 +51,8 @@ pub struct GcReport {
     pub removed_leases: usize,
     /// Orphaned temp files removed.
     pub removed_tmp: usize,
+    /// Checkpoints of finished or abandoned actions removed.
+    pub removed_checkpoints: usize,
     /// Bytes freed.
     pub bytes_freed: u64,
 }
@@ -207,6 +209,25 @@ impl Store {
         for key in &keep_records {
             if let Some(rec) = self.record(key)? {
                 names(&rec, &mut queue);
+            }
+        }
+        // A checkpoint is kept (with its object) while its action may still resume: no record
+        // yet, and saved within the grace or under a live lease.
+        for p in files_under(&self.root.join(super::dirs::CHECKPOINTS)) {
+            let Some(key) = p
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<Hash>().ok())
+            else {
+                continue;
+            };
+            if !self.has_record(&key) && (fresh(&p) || self.live_lease(&key).is_some()) {
+                queue.extend(self.checkpoint_object(&key));
+                continue;
+            }
+            rep.removed_checkpoints += 1;
+            if !dry_run {
+                let _ = fs::remove_file(&p);
             }
         }
         // Records not reached but fresh or leased are kept, and so is what they name.

@@ -9,6 +9,8 @@
 //!   leases-v1/<key>.<generation>  who computes a key now; expires by itself (see lease.rs)
 //!   refs-v1/<stage>.json   the last complete build of each stage: stage key + manifest object
 //!   probes-v1/<name>.json  what a model server said it serves, for commands that ask none
+//!   checkpoints-v1/<key>.json  a long action's last saved progress (an object), until its
+//!                          record is committed
 //!   tmp-v1/                staging for atomic writes (same filesystem)
 //!   quarantine-v1/         what `pipe verify` found corrupt
 //! ```
@@ -276,12 +278,23 @@ pub mod dirs {
     pub const REFS: &str = "refs-v1";
     /// Model server identities, as last probed.
     pub const PROBES: &str = "probes-v1";
+    /// Progress of long actions not yet committed.
+    pub const CHECKPOINTS: &str = "checkpoints-v1";
     /// Staging for atomic writes.
     pub const TMP: &str = "tmp-v1";
     /// What `pipe verify` found corrupt.
     pub const QUARANTINE: &str = "quarantine-v1";
     /// All of them, created when a store is initialised.
-    pub const ALL: [&str; 7] = [OBJECTS, ACTIONS, LEASES, REFS, PROBES, TMP, QUARANTINE];
+    pub const ALL: [&str; 8] = [
+        OBJECTS,
+        ACTIONS,
+        LEASES,
+        REFS,
+        PROBES,
+        CHECKPOINTS,
+        TMP,
+        QUARANTINE,
+    ];
 }
 
 impl Store {
@@ -566,6 +579,56 @@ impl Store {
             .join(dirs::PROBES)
             .join(format!("{}.json", Hash::of(name.as_bytes()).to_hex()));
         serde_json::from_slice(&fs::read(path).ok()?).ok()
+    }
+
+    fn checkpoint_path(&self, key: &Hash) -> PathBuf {
+        self.root
+            .join(dirs::CHECKPOINTS)
+            .join(format!("{}.json", key.to_hex()))
+    }
+
+    /// Save the progress of the action `key` (its lease held): the bytes become an object and
+    /// the key's checkpoint names it, replacing the last. Crash-safe like every write here.
+    pub fn put_checkpoint(&self, key: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
+        let id = self.put(bytes)?;
+        let path = self.checkpoint_path(key);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let pointer = serde_json::json!({ "object": id.to_hex() });
+        self.writer.write(
+            &path,
+            &serde_json::to_vec(&pointer).expect("JSON"),
+            Mode::Replace,
+        )?;
+        Ok(())
+    }
+
+    /// The last progress saved for `key`, verified; none when there is none, or when it
+    /// cannot be read back intact (the action then starts over: never from corrupt bytes).
+    pub fn get_checkpoint(&self, key: &Hash) -> Option<Vec<u8>> {
+        let id = self.checkpoint_object(key)?;
+        match self.get(&id) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                tracing::warn!("checkpoint of {key} unusable, starting over: {e}");
+                None
+            }
+        }
+    }
+
+    /// The object a key's checkpoint names.
+    pub fn checkpoint_object(&self, key: &Hash) -> Option<Hash> {
+        let v: Value = serde_json::from_slice(&fs::read(self.checkpoint_path(key)).ok()?).ok()?;
+        v["object"].as_str()?.parse().ok()
+    }
+
+    /// Forget `key`'s checkpoint (once its record is committed).
+    pub fn drop_checkpoint(&self, key: &Hash) {
+        let _ = fs::remove_file(self.checkpoint_path(key));
     }
 
     /// Drop a stage's ref (verify does this when the build it names lost a record).

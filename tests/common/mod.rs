@@ -170,11 +170,7 @@ lease_ttl_s = 30
     /// Make the experiment a baseline study: drop the fine-tuned arm (and with it train,
     /// convert and eval from what `report` needs).
     pub fn baseline_only(&self) {
-        let path = self.path("pipeline.toml");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let start = text.find("[arms.finetuned]").expect("a finetuned arm");
-        let end = start + text[start..].find("\n\n").unwrap() + 2;
-        std::fs::write(&path, format!("{}{}", &text[..start], &text[end..])).unwrap();
+        self.unset("arms.finetuned");
     }
 
     /// A real `pipe -f <project>/pipeline.toml <args>` with the repo's venv.

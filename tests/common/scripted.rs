@@ -47,6 +47,71 @@ pub enum Reply {
     Slow(Duration, String),
 }
 
+/// Tests for the `stack` task that a correct implementation passes.
+pub const TESTS: &str = r#"import pytest
+from implementation import Stack
+
+
+def test_push_pop():
+    s = Stack()
+    s.push(1)
+    s.push(2)
+    assert s.pop() == 2
+    assert s.pop() == 1
+
+
+def test_empty():
+    s = Stack()
+    assert s.is_empty()
+    with pytest.raises(IndexError):
+        s.pop()
+    with pytest.raises(IndexError):
+        s.peek()
+
+
+def test_size_and_none():
+    s = Stack()
+    s.push(None)
+    assert s.size() == 1
+    assert s.peek() is None
+"#;
+
+/// A correct `Stack`.
+pub const IMPL: &str = r#"class Stack:
+    def __init__(self):
+        self._items = []
+
+    def push(self, item):
+        self._items.append(item)
+
+    def pop(self):
+        if not self._items:
+            raise IndexError("pop from empty stack")
+        return self._items.pop()
+
+    def peek(self):
+        if not self._items:
+            raise IndexError("peek at empty stack")
+        return self._items[-1]
+
+    def is_empty(self):
+        return not self._items
+
+    def size(self):
+        return len(self._items)
+"#;
+
+/// The implementation with a LIFO bug: pop takes from the bottom.
+/// A reply with `code` in a python block, between some chatter.
+pub fn py(code: &str) -> String {
+    format!("Here you go:\n\n```python\n{code}```\n\nThis covers the spec.")
+}
+
+/// 404.
+pub fn not_found() -> Reply {
+    Reply::Json(404, json!({"error": "not found"}), vec![])
+}
+
 pub fn completion(content: &str) -> Value {
     json!({
         "id": "chatcmpl-test",
