@@ -16,4 +16,5 @@ pub mod adamw;
 pub mod data;
 pub mod frozen;
 pub mod net;
+pub mod ops;
 pub mod trainer;

@@ -1,21 +1,23 @@
 //! The trainable model: the transformer inference runs, rewritten with differentiable candle
 //! ops only, with LoRA on the seven projections of every block exactly as PEFT defines it.
 //!
-//! Traps avoided on purpose (candle 0.11): `ops::rms_norm`, `ops::softmax_last_dim` and
-//! `rotary_emb::rope` have no backward and stop gradients *silently*; here RMSNorm is
-//! `rms_norm_slow`, softmax is `ops::softmax`, rotation is `rope_slow` / `rope_i_slow`. The frozen
-//! base runs through [`Frozen`] (input gradient only); the only variables are LoRA's `A` and `B`.
+//! A trap avoided on purpose (candle 0.11): `ops::rms_norm`, `ops::softmax_last_dim` and
+//! `rotary_emb::rope` have no backward and stop gradients *silently*. Here RMSNorm, rotation,
+//! causal attention and the cross-entropy are our own fused ops with their backward
+//! ([`super::ops`]); the frozen base runs through [`Frozen`] (input gradient only); the only
+//! variables are LoRA's `A` and `B`.
 //!
 //! The base is shared with an inference [`Transformer`] (same weights, same kernel), so with
 //! `B = 0` this model computes the local backend's logits, and what it learns is what the local
 //! backend will serve with the adapter on.
 
 use super::frozen::Frozen;
+use super::ops;
 use crate::model::config::{Config, Proj};
 use crate::model::infer::Transformer;
 use crate::model::lora::{Adapter, Target};
 use crate::model::rope::QkOrder;
-use candle_core::{D, DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use std::sync::Arc;
 
 /// LoRA's settings.
@@ -194,17 +196,6 @@ impl TrainModel {
         y + (ba * self.scale())?.reshape(out)?
     }
 
-    fn rope(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, _, len, _) = x.dims4()?;
-        let cos = self.cos.narrow(0, 0, len)?;
-        let sin = self.sin.narrow(0, 0, len)?;
-        if self.config.rope_neox {
-            candle_nn::rotary_emb::rope_slow(x, &cos, &sin)
-        } else {
-            candle_nn::rotary_emb::rope_i_slow(x, &cos, &sin)
-        }
-    }
-
     /// Final hidden states (batch, len, hidden) of right-padded `ids` (batch, len). With right
     /// padding a causal mask is all a real position needs: it never sees a pad.
     pub fn hidden(&self, ids: &Tensor) -> Result<Tensor> {
@@ -216,52 +207,32 @@ impl TrainModel {
                 c.max_seq
             );
         }
-        let eps = c.eps as f32;
         let mut x = self
             .embed
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((batch, len, c.hidden))?;
-        let mask: Vec<f32> = (0..len)
-            .flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
-        let mask = Tensor::from_vec(mask, (len, len), ids.device())?;
-        let group = c.n_head / c.n_kv_head;
+        let rope = |t: &Tensor| ops::rope(t, &self.cos, &self.sin, c.rope_neox);
         for l in &self.layers {
-            let h = candle_nn::ops::rms_norm_slow(&x, &l.attn_norm, eps)?;
+            let h = ops::rms_norm(&x, &l.attn_norm, c.eps)?;
             let heads = |t: Tensor, n: usize| -> Result<Tensor> {
                 t.reshape((batch, len, n, c.head_dim))?
                     .transpose(1, 2)?
                     .contiguous()
             };
-            let q = self.rope(&heads(self.project(&l.proj[0], &h)?, c.n_head)?)?;
-            let k = self.rope(&heads(self.project(&l.proj[1], &h)?, c.n_kv_head)?)?;
+            let q = rope(&heads(self.project(&l.proj[0], &h)?, c.n_head)?)?;
+            let k = rope(&heads(self.project(&l.proj[1], &h)?, c.n_kv_head)?)?;
             let v = heads(self.project(&l.proj[2], &h)?, c.n_kv_head)?;
-            // Grouped-query attention: each key/value head serves `group` query heads.
-            let (k, v) = if group > 1 {
-                let rep = |t: &Tensor| -> Result<Tensor> {
-                    t.unsqueeze(2)?
-                        .expand((batch, c.n_kv_head, group, len, c.head_dim))?
-                        .reshape((batch, c.n_head, len, c.head_dim))
-                };
-                (rep(&k)?, rep(&v)?)
-            } else {
-                (k, v)
-            };
-            let att = (q.matmul(&k.t()?.contiguous()?)? / (c.head_dim as f64).sqrt())?
-                .broadcast_add(&mask)?;
-            let att = candle_nn::ops::softmax(&att, D::Minus1)?;
-            let o = att
-                .matmul(&v.contiguous()?)?
+            let o = ops::attention(&q, &k, &v)?
                 .transpose(1, 2)?
                 .contiguous()?
                 .reshape((batch, len, c.n_head * c.head_dim))?;
             x = (x + self.project(&l.proj[3], &o)?)?;
-            let h = candle_nn::ops::rms_norm_slow(&x, &l.ffn_norm, eps)?;
+            let h = ops::rms_norm(&x, &l.ffn_norm, c.eps)?;
             let g = self.project(&l.proj[4], &h)?;
             let u = self.project(&l.proj[5], &h)?;
             x = (x + self.project(&l.proj[6], &(g.silu()? * u)?)?)?;
         }
-        candle_nn::ops::rms_norm_slow(&x, &self.norm, eps)
+        ops::rms_norm(&x, &self.norm, c.eps)
     }
 
     /// Logits (rows, vocab) of the given rows of hidden states (rows, hidden).
@@ -279,9 +250,6 @@ impl TrainModel {
         let dev = ids.device();
         let pos = Tensor::new(positions, dev)?;
         let rows = h.index_select(&pos, 0)?;
-        let logits = self.logits(&rows)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let tgt = Tensor::new(targets, dev)?.unsqueeze(1)?;
-        logp.gather(&tgt, 1)?.sum_all()?.neg()
+        ops::cross_entropy_sum(&self.logits(&rows)?, targets)
     }
 }
