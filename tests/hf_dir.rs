@@ -4,101 +4,16 @@
 //! same model: same prompt ids, same logits up to rounding, same greedy tokens — and a PEFT
 //! adapter means the same thing on either.
 
-use candle_core::Device;
-use candle_core::quantized::gguf_file;
 use pipe::chat::local::LocalModel;
 use pipe::chat::{Message, Role};
 use pipe::model::config::Proj;
 use pipe::model::infer::SeqCache;
-use pipe::model::rope::{QkOrder, to_halves};
+use pipe::model::rope::QkOrder;
 use pipe::model::source::Source;
-use serde_json::json;
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 mod common;
-use common::{SMOLLM2, adapter, logits, max_diff};
-
-fn write_hf_dir(gguf: &Path, m: &LocalModel, dir: &Path) {
-    let mut f = std::fs::File::open(gguf).unwrap();
-    let ct = gguf_file::Content::read(&mut f).unwrap();
-    let md = |k: &str| ct.metadata[k].to_u32().unwrap() as usize;
-    let (heads, kv_heads) = (
-        md("llama.attention.head_count"),
-        md("llama.attention.head_count_kv"),
-    );
-    let names = [
-        ("attn_norm", "input_layernorm"),
-        ("ffn_norm", "post_attention_layernorm"),
-        ("attn_q", "self_attn.q_proj"),
-        ("attn_k", "self_attn.k_proj"),
-        ("attn_v", "self_attn.v_proj"),
-        ("attn_output", "self_attn.o_proj"),
-        ("ffn_gate", "mlp.gate_proj"),
-        ("ffn_up", "mlp.up_proj"),
-        ("ffn_down", "mlp.down_proj"),
-    ];
-    let mut out = HashMap::new();
-    let infos: Vec<String> = ct.tensor_infos.keys().cloned().collect();
-    for name in infos {
-        let t = ct
-            .tensor(&mut f, &name, &Device::Cpu)
-            .unwrap()
-            .dequantize(&Device::Cpu)
-            .unwrap();
-        let hf = match name.as_str() {
-            "token_embd.weight" => "model.embed_tokens.weight".to_string(),
-            "output_norm.weight" => "model.norm.weight".to_string(),
-            "output.weight" => "lm_head.weight".to_string(),
-            _ => {
-                let parts: Vec<&str> = name.split('.').collect();
-                let (_, hf) = names.iter().find(|(g, _)| *g == parts[2]).unwrap();
-                format!("model.layers.{}.{hf}.{}", parts[1], parts[3])
-            }
-        };
-        let t = if name.ends_with("attn_q.weight") {
-            to_halves(&t, heads).unwrap()
-        } else if name.ends_with("attn_k.weight") {
-            to_halves(&t, kv_heads).unwrap()
-        } else {
-            t
-        };
-        out.insert(hf, t);
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    candle_core::safetensors::save(&out, dir.join("model.safetensors")).unwrap();
-    let f32_of = |k: &str| ct.metadata[k].to_f32().unwrap();
-    let config = json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": md("llama.embedding_length"),
-        "intermediate_size": md("llama.feed_forward_length"),
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "num_hidden_layers": md("llama.block_count"),
-        "rms_norm_eps": f32_of("llama.attention.layer_norm_rms_epsilon"),
-        "rope_theta": f32_of("llama.rope.freq_base"),
-        "max_position_embeddings": md("llama.context_length"),
-        "tie_word_embeddings": !ct.tensor_infos.contains_key("output.weight"),
-        "rope_scaling": null,
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let tok = m.tokenizer();
-    tok.tokenizers()
-        .save(dir.join("tokenizer.json"), false)
-        .unwrap();
-    let template = ct.metadata["tokenizer.chat_template"]
-        .to_string()
-        .unwrap()
-        .clone();
-    let tc = json!({
-        "chat_template": template,
-        "eos_token": tok.token(tok.eos()).unwrap(),
-        "bos_token": tok.bos().and_then(|b| tok.token(b)),
-        "add_bos_token": tok.adds_bos(),
-    });
-    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
-}
+use common::{SMOLLM2, adapter, logits, max_diff, write_hf_dir};
 
 /// SmolLM2's GGUF, and the same model written out as an HF directory under a temp dir:
 /// (gguf path, from the GGUF, from the directory, the directory, its temp dir).

@@ -662,3 +662,34 @@ fn hostile_names_stay_text() {
     let mut rd = csv::Reader::from_reader(r.get("trials.csv").unwrap());
     assert!(rd.records().all(|x| x.unwrap().len() == 16));
 }
+
+#[test]
+fn training_says_how_much_it_learned_from_or_why_it_did_not_train() {
+    let mut inp = input();
+    let r = render(&inp);
+    let md = text(&r, "report.md");
+    assert!(
+        md.contains("Trained on 40 samples (4 held out for validation)."),
+        "{md}"
+    );
+    assert!(!md.contains("That is few"), "40 is not few");
+    inp.training.as_mut().unwrap().samples = 3;
+    let md = text(&render(&inp), "report.md");
+    assert!(
+        md.contains("Trained on 3 samples") && md.contains("That is few"),
+        "{md}"
+    );
+    let tr = inp.training.as_mut().unwrap();
+    tr.skipped = Some("extract kept no sample".into());
+    tr.loss.clear();
+    tr.val_loss.clear();
+    let r = render(&inp);
+    let md = text(&r, "report.md");
+    assert!(
+        md.contains("No adapter was trained: extract kept no sample."),
+        "{md}"
+    );
+    let html = text(&r, "report.html");
+    parse(&html);
+    assert!(!html.contains("chart-loss"), "no curve without training");
+}

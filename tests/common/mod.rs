@@ -474,6 +474,102 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// Write the model of `gguf` (llama or qwen2) out as a Hugging Face checkpoint directory:
+/// tensors renamed and dequantised to f32, a llama's q/k rows un-permuted back to rotate-half
+/// order, config.json, tokenizer.json and tokenizer_config.json with the chat template.
+pub fn write_hf_dir(gguf: &Path, m: &pipe::chat::local::LocalModel, dir: &Path) {
+    use candle_core::Device;
+    use candle_core::quantized::gguf_file;
+    use pipe::model::rope::to_halves;
+    use serde_json::json;
+    let mut f = std::fs::File::open(gguf).unwrap();
+    let ct = gguf_file::Content::read(&mut f).unwrap();
+    let arch = ct.metadata["general.architecture"]
+        .to_string()
+        .unwrap()
+        .clone();
+    let md = |k: &str| ct.metadata[&format!("{arch}.{k}")].to_u32().unwrap() as usize;
+    let (heads, kv_heads) = (md("attention.head_count"), md("attention.head_count_kv"));
+    let permuted = arch == "llama";
+    let names = [
+        ("attn_norm", "input_layernorm"),
+        ("ffn_norm", "post_attention_layernorm"),
+        ("attn_q", "self_attn.q_proj"),
+        ("attn_k", "self_attn.k_proj"),
+        ("attn_v", "self_attn.v_proj"),
+        ("attn_output", "self_attn.o_proj"),
+        ("ffn_gate", "mlp.gate_proj"),
+        ("ffn_up", "mlp.up_proj"),
+        ("ffn_down", "mlp.down_proj"),
+    ];
+    let mut out = std::collections::HashMap::new();
+    let infos: Vec<String> = ct.tensor_infos.keys().cloned().collect();
+    for name in infos {
+        let t = ct
+            .tensor(&mut f, &name, &Device::Cpu)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap();
+        let hf = match name.as_str() {
+            "token_embd.weight" => "model.embed_tokens.weight".to_string(),
+            "output_norm.weight" => "model.norm.weight".to_string(),
+            "output.weight" => "lm_head.weight".to_string(),
+            _ => {
+                let parts: Vec<&str> = name.split('.').collect();
+                let (_, hf) = names.iter().find(|(g, _)| *g == parts[2]).unwrap();
+                format!("model.layers.{}.{hf}.{}", parts[1], parts[3])
+            }
+        };
+        let t = if permuted && name.ends_with("attn_q.weight") {
+            to_halves(&t, heads).unwrap()
+        } else if permuted && name.ends_with("attn_k.weight") {
+            to_halves(&t, kv_heads).unwrap()
+        } else {
+            t
+        };
+        out.insert(hf, t);
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    candle_core::safetensors::save(&out, dir.join("model.safetensors")).unwrap();
+    let f32_of = |k: &str| ct.metadata[&format!("{arch}.{k}")].to_f32().unwrap();
+    let class = if permuted {
+        "LlamaForCausalLM"
+    } else {
+        "Qwen2ForCausalLM"
+    };
+    let config = json!({
+        "architectures": [class],
+        "model_type": arch,
+        "vocab_size": m.transformer().embed.dims()[0],
+        "hidden_size": md("embedding_length"),
+        "intermediate_size": md("feed_forward_length"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "num_hidden_layers": md("block_count"),
+        "rms_norm_eps": f32_of("attention.layer_norm_rms_epsilon"),
+        "rope_theta": f32_of("rope.freq_base"),
+        "max_position_embeddings": md("context_length"),
+        "tie_word_embeddings": !ct.tensor_infos.contains_key("output.weight"),
+        "rope_scaling": null,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let tok = m.tokenizer();
+    tok.tokenizers()
+        .save(dir.join("tokenizer.json"), false)
+        .unwrap();
+    let template = ct.metadata["tokenizer.chat_template"]
+        .to_string()
+        .unwrap()
+        .clone();
+    let tc = json!({
+        "chat_template": template,
+        "eos_token": tok.token(tok.eos()).unwrap(),
+        "bos_token": tok.bos().and_then(|b| tok.token(b)),
+        "add_bos_token": tok.adds_bos(),
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+}
+
 /// The repo's Python venv (made by scripts/setup.sh).
 pub fn venv() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv")
