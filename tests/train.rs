@@ -379,3 +379,65 @@ fn it_learns_what_inference_will_see() {
     );
     assert_ne!(greedy(&m), reply_ids[..32], "the base model alone does not");
 }
+
+/// Stopped right after a checkpoint at seeded random steps and resumed from the saved bytes in
+/// a fresh model, training ends with the bit-identical parameters of an uninterrupted run.
+#[test]
+fn resuming_from_a_checkpoint_at_random_steps_is_bit_identical() {
+    let base = tiny(false, true);
+    let exs: Vec<Example> = (0..5)
+        .map(|i| example(10 + i, 12 + i as usize, 4))
+        .collect();
+    let mut h = hyper(5e-3, 3);
+    h.warmup_ratio = 0.2;
+    let whole = {
+        let model = TrainModel::new(&base, SPEC).unwrap();
+        let s = State::fresh(&model).unwrap();
+        trainer::run(&model, &exs, &exs[..2], &h, 0, s, &mut |_| {}, &mut |_| {
+            Ok(())
+        })
+        .unwrap()
+    };
+    assert_eq!(whole.step, 9, "3 epochs of ceil(5 / 2) steps");
+    let mut rng = common::Rng(2024);
+    for _ in 0..4 {
+        let stop_at = 1 + rng.below(whole.step - 1);
+        let mut saved = None;
+        let model = TrainModel::new(&base, SPEC).unwrap();
+        let s = State::fresh(&model).unwrap();
+        let r = trainer::run(&model, &exs, &exs[..2], &h, 0, s, &mut |_| {}, &mut |s| {
+            saved = Some(s.encode());
+            if s.step == stop_at {
+                Err("killed".into())
+            } else {
+                Ok(())
+            }
+        });
+        assert!(r.is_err(), "stopped at step {stop_at}");
+        let resumed = State::decode(&saved.unwrap()).unwrap();
+        assert_eq!(resumed.step, stop_at);
+        let fresh_model = TrainModel::new(&base, SPEC).unwrap();
+        let done = trainer::run(
+            &fresh_model,
+            &exs,
+            &exs[..2],
+            &h,
+            0,
+            resumed,
+            &mut |_| {},
+            &mut |_| Ok(()),
+        )
+        .unwrap();
+        assert!(
+            done.params
+                .iter()
+                .zip(&whole.params)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "resumed at step {stop_at}: parameters differ from the uninterrupted run"
+        );
+        assert_eq!(
+            done.curve, whole.curve,
+            "resumed at step {stop_at}: the loss curve differs"
+        );
+    }
+}
