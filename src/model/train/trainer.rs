@@ -36,7 +36,7 @@ pub struct Hyper {
 pub struct Curve {
     /// Training loss of each step's batch.
     pub loss: Vec<(u64, f64)>,
-    /// Validation loss, after each epoch.
+    /// Validation loss, after each epoch (and each quarter of an epoch of 8 steps or more).
     pub val_loss: Vec<(u64, f64)>,
 }
 
@@ -148,6 +148,22 @@ impl State {
             tokens: h.tokens,
         })
     }
+}
+
+/// Epochs of at least this many steps are also validated within, every quarter epoch.
+pub const LONG_EPOCH: u64 = 8;
+
+/// Is the validation loss taken after step `step` (1-based count of steps done)? After every
+/// epoch, and every quarter of an epoch when epochs are long, so a curve shows overfitting
+/// before an epoch ends.
+pub fn validates_after(step: u64, per_epoch: u64) -> bool {
+    let every = if per_epoch >= LONG_EPOCH {
+        per_epoch.div_ceil(4)
+    } else {
+        per_epoch
+    };
+    let in_epoch = (step - 1) % per_epoch + 1;
+    in_epoch == per_epoch || in_epoch.is_multiple_of(every.max(1))
 }
 
 /// Steps in one epoch of `n` examples.
@@ -288,7 +304,7 @@ pub fn run(
         state.step += 1;
         state.tokens += picked.iter().map(|e| e.ids.len() as u64).sum::<u64>();
         state.curve.loss.push((state.step, loss));
-        if state.step.is_multiple_of(per_epoch) && !val.is_empty() {
+        if validates_after(state.step, per_epoch) && !val.is_empty() {
             let v = mean_loss(model, val, h.micro_batch, pad).map_err(err)?;
             state.curve.val_loss.push((state.step, v));
         }
@@ -338,6 +354,14 @@ mod tests {
         assert_eq!(lrs[1], 1.0);
         assert!(lrs.windows(2).skip(1).all(|w| w[1] < w[0]), "{lrs:?}");
         assert!(lrs[19] > 0.0 && lrs[19] < 0.1, "{lrs:?}");
+    }
+
+    #[test]
+    fn validation_after_each_epoch_and_each_quarter_of_a_long_one() {
+        let short: Vec<u64> = (1..=12).filter(|&s| validates_after(s, 3)).collect();
+        assert_eq!(short, [3, 6, 9, 12]);
+        let long: Vec<u64> = (1..=20).filter(|&s| validates_after(s, 10)).collect();
+        assert_eq!(long, [3, 6, 9, 10, 13, 16, 19, 20]);
     }
 
     #[test]
