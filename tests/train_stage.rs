@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::Project;
 use common::scripted::{IMPL, Reply, Request, Server, not_found, py};
+use common::{Project, assert_ok};
 use serde_json::Value;
 
 /// Tests for `stack` that differ per trial (so extract keeps one sample per trial), by the
@@ -56,15 +56,6 @@ fn build(p: &Project, target: &str, failpoint: Option<&str>) -> std::process::Ou
         c.env("PIPE_FAILPOINT", f);
     }
     c.output().unwrap()
-}
-
-fn assert_ok(o: &std::process::Output) {
-    assert!(
-        o.status.success(),
-        "pipe failed: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 /// An output of `train/adapter`, read from the store.

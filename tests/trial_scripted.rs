@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::Project;
 use common::scripted::{IMPL, Reply, Request, Server, TESTS, completion, not_found, py};
+use common::{Project, assert_ok};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,15 +37,6 @@ const BAD_IMPL: &str = r#"class Stack:
 
 fn run(p: &Project, args: &[&str]) -> std::process::Output {
     p.real(args).output().unwrap()
-}
-
-fn assert_ok(o: &std::process::Output) {
-    assert!(
-        o.status.success(),
-        "pipe failed: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 #[test]

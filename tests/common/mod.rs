@@ -570,6 +570,16 @@ pub fn write_hf_dir(gguf: &Path, m: &pipe::chat::local::LocalModel, dir: &Path) 
     std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
 }
 
+/// Fail with pipe's output unless it succeeded.
+pub fn assert_ok(o: &std::process::Output) {
+    assert!(
+        o.status.success(),
+        "pipe failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// The repo's Python venv (made by scripts/setup.sh).
 pub fn venv() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv")
