@@ -373,14 +373,17 @@ impl CustomOp1 for CrossEntropy {
                 self.targets.len()
             ),
         };
-        let total: f64 = x
+        // Rows in parallel, summed in order: a parallel sum's order (and so its last bit)
+        // would depend on the thread pool, and a resumed run must log the same losses.
+        let per_row: Vec<f64> = x
             .par_chunks(vocab)
             .zip(self.targets.par_iter())
             .map(|(row, &tg)| {
                 let (m, l) = lse(row);
                 (m + l - row[tg as usize]) as f64
             })
-            .sum();
+            .collect();
+        let total: f64 = per_row.iter().sum();
         let _ = rows;
         Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
     }
