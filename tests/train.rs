@@ -43,9 +43,11 @@ fn tiny(neox: bool, bias: bool) -> Transformer {
         matrix(r, c, seed, 0.3)
     };
     let b = |n: usize, s: u64| bias.then(|| matrix(1, n, s, 0.1).reshape(n).unwrap());
+    // Norm weights around 1, not 1: how α enters RMSNorm's backward is checked too.
+    let norm = |s: u64| (matrix(1, 64, s, 0.3).reshape(64).unwrap() + 1.0).unwrap();
     let blocks = (0..2)
         .map(|i| Block {
-            attn_norm: Tensor::ones(64, DType::F32, &dev).unwrap(),
+            attn_norm: norm(10 + i),
             proj: [
                 Linear::dense(m(64, 64), b(64, 100 + i)).unwrap(),
                 Linear::dense(m(32, 64), b(32, 200 + i)).unwrap(),
@@ -55,7 +57,7 @@ fn tiny(neox: bool, bias: bool) -> Transformer {
                 Linear::dense(m(96, 64), None).unwrap(),
                 Linear::dense(m(64, 96), None).unwrap(),
             ],
-            ffn_norm: Tensor::ones(64, DType::F32, &dev).unwrap(),
+            ffn_norm: norm(20 + i),
         })
         .collect();
     let embed = m(50, 64);

@@ -435,12 +435,35 @@ fn validate(cfg: &Config, err: &ErrAt<'_>) -> Result<(), ConfigError> {
         ));
     }
     let t = &cfg.train;
-    if t.rank == 0 || t.epochs == 0 || t.batch_size == 0 || t.micro_batch == Some(0) {
-        return Err(err(
-            None,
-            "train".into(),
-            "rank, epochs, batch_size and micro_batch must be at least 1".into(),
-        ));
+    let bad_train = if t.rank == 0 || t.epochs == 0 || t.batch_size == 0 || t.micro_batch == Some(0)
+    {
+        Some((
+            "train",
+            "rank, epochs, batch_size and micro_batch must be at least 1",
+        ))
+    } else if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
+        Some(("train.learning_rate", "must be a number above 0"))
+    } else if !(t.alpha.is_finite() && t.alpha > 0.0) {
+        Some(("train.alpha", "must be a number above 0"))
+    } else if t.max_seq_len == 0 {
+        Some(("train.max_seq_len", "must be at least 1"))
+    } else if t.warmup_ratio.is_some_and(|w| !(0.0..=1.0).contains(&w)) {
+        Some(("train.warmup_ratio", "must be in [0, 1]"))
+    } else if t.max_grad_norm.is_some_and(|n| !(n.is_finite() && n > 0.0)) {
+        Some(("train.max_grad_norm", "must be a number above 0"))
+    } else if t
+        .checkpoint_s
+        .is_some_and(|c| !(c.is_finite() && (0.0..=1e9).contains(&c)))
+    {
+        Some((
+            "train.checkpoint_s",
+            "must be a number of seconds from 0 to 1e9",
+        ))
+    } else {
+        None
+    };
+    if let Some((key, why)) = bad_train {
+        return Err(err(None, key.into(), why.into()));
     }
     Ok(())
 }

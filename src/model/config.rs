@@ -121,6 +121,9 @@ fn meta_usize(ct: &Content, key: &str) -> Result<usize> {
 pub fn from_gguf(ct: &Content, arch: &str, max_positions: usize) -> Result<Config> {
     let n_head = meta_usize(ct, &format!("{arch}.attention.head_count"))?;
     let hidden = meta_usize(ct, &format!("{arch}.embedding_length"))?;
+    if n_head == 0 || hidden % n_head != 0 {
+        candle_core::bail!("the GGUF's {n_head} heads do not divide its width {hidden}");
+    }
     let head_dim = hidden / n_head;
     if let Ok(rope_dim) = meta_usize(ct, &format!("{arch}.rope.dimension_count"))
         && rope_dim != head_dim
@@ -182,6 +185,9 @@ pub fn from_hf_dir(dir: &Path, max_positions: usize) -> Result<(Config, bool)> {
     }
     let hidden = get_usize(&cfg, "hidden_size", dir)?;
     let n_head = get_usize(&cfg, "num_attention_heads", dir)?;
+    if n_head == 0 {
+        candle_core::bail!("{}: num_attention_heads is 0", path.display());
+    }
     let head_dim = cfg["head_dim"]
         .as_u64()
         .map_or(hidden / n_head, |v| v as usize);

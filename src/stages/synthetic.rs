@@ -122,7 +122,7 @@ pub fn extract(job: &Job<'_>) -> Result<Outputs, StageError> {
     )
 }
 
-/// format / train / convert: one object derived from the single upstream object.
+/// format / train / convert: one object derived from the outputs of the first input (by name).
 pub fn derive(job: &Job<'_>) -> Result<Outputs, StageError> {
     prologue(job, "derive")?;
     let (up_name, _) =

@@ -234,7 +234,8 @@ fn run(rt: &Runtime, job: &Job<'_>) -> Result<Outputs, StageError> {
         )));
     }
     let base = rt.local_base(l, &p.model).map_err(StageError::Infra)?;
-    let max = p.max_seq_len as usize;
+    // Never longer than the model's own context (its rotary tables end there).
+    let max = (p.max_seq_len as usize).min(base.transformer().config.max_seq);
     let prep = |c: &[Conversation]| {
         data::prepare(c, base.tokenizer(), &base.template(), max).map_err(StageError::Failed)
     };
@@ -259,15 +260,25 @@ fn run(rt: &Runtime, job: &Job<'_>) -> Result<Outputs, StageError> {
     let fresh = State::fresh(&model).map_err(candle)?;
     let state = match job.checkpoint().map(|b| State::decode(&b)) {
         Some(Ok(s)) if s.params.len() == fresh.params.len() => s,
+        Some(Ok(s)) => {
+            tracing::warn!(
+                "the training checkpoint holds {} parameters, the model has {}; starting over",
+                s.params.len(),
+                fresh.params.len()
+            );
+            fresh
+        }
         Some(Err(e)) => {
             tracing::warn!("the training checkpoint does not decode ({e}); starting over");
             fresh
         }
-        _ => fresh,
+        None => fresh,
     };
     rec.resumed_from = state.step;
     let tokens_before = state.tokens;
-    let every = Duration::from_secs_f64(l.config.train.checkpoint_s.unwrap_or(60.0).max(0.0));
+    // Validated: finite, 0 to 1e9.
+    let every =
+        Duration::from_secs_f64(l.config.train.checkpoint_s.unwrap_or(60.0).clamp(0.0, 1e9));
     let started = Instant::now();
     let mut saved = Instant::now();
     let per_epoch = trainer::steps_per_epoch(train.examples.len(), p.hyper.batch_size);

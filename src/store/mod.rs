@@ -368,7 +368,8 @@ impl Store {
 
     /// Write `bytes` to `dest` outside the store (the reports directory) through the same
     /// atomic path as the store's own files: a hidden temp file beside `dest` (so the rename
-    /// never crosses filesystems), synced, renamed over it.
+    /// never crosses filesystems), synced when the store syncs, renamed over it. (A crash can
+    /// leave that temp file; nothing reaps the reports directory, which is the user's.)
     pub fn export(&self, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         let dir = dest.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(|source| StoreError::Io {

@@ -52,6 +52,29 @@ pub struct Prepared {
     pub too_long: usize,
 }
 
+/// The token that ends an assistant turn in this template: the first token after a reply when
+/// the template renders one (`<|im_end|>` for ChatML), if generation stops there; else EOS.
+/// (A GGUF's EOS may be `<|endoftext|>` while its turns end with `<|im_end|>`: the model must
+/// learn to say what ends generation at inference.)
+pub fn turn_end(tokenizer: &GgufTokenizer, template: &ChatTemplate) -> Result<u32, String> {
+    let marker = "\u{2063}reply\u{2063}";
+    let turn = |role: &str, content: &str| Turn {
+        role: role.into(),
+        content: content.into(),
+    };
+    let Ok(text) = template.render(&[turn("user", "x"), turn("assistant", marker)], false) else {
+        return Ok(tokenizer.eos());
+    };
+    let after = text.rsplit_once(marker).map_or("", |(_, a)| a);
+    let ids = tokenizer
+        .encode_continuation(after)
+        .map_err(|e| e.to_string())?;
+    Ok(ids
+        .into_iter()
+        .find(|id| tokenizer.ends_generation(*id))
+        .unwrap_or_else(|| tokenizer.eos()))
+}
+
 /// Tokenise `conversations` as inference will see them; drop those longer than `max_len`.
 pub fn prepare(
     conversations: &[Conversation],
@@ -60,16 +83,20 @@ pub fn prepare(
     max_len: usize,
 ) -> Result<Prepared, String> {
     let mut out = Prepared::default();
+    let end = turn_end(tokenizer, template)?;
     for c in conversations {
         let text = template.render(&c.prompt, true)?;
         let mut ids = tokenizer.encode(&text).map_err(|e| e.to_string())?;
         let prompt_len = ids.len();
+        if prompt_len == 0 {
+            return Err("the chat template renders an empty prompt".into());
+        }
         ids.extend(
             tokenizer
                 .encode_continuation(&c.reply)
                 .map_err(|e| e.to_string())?,
         );
-        ids.push(tokenizer.eos());
+        ids.push(end);
         if ids.len() > max_len {
             out.too_long += 1;
             continue;

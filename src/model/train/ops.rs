@@ -373,6 +373,10 @@ impl CustomOp1 for CrossEntropy {
                 self.targets.len()
             ),
         };
+        let _ = rows;
+        if let Some(t) = self.targets.iter().find(|&&t| t as usize >= vocab) {
+            candle_core::bail!("cross-entropy: target {t} is outside the vocabulary of {vocab}");
+        }
         // Rows in parallel, summed in order: a parallel sum's order (and so its last bit)
         // would depend on the thread pool, and a resumed run must log the same losses.
         let per_row: Vec<f64> = x
@@ -384,7 +388,6 @@ impl CustomOp1 for CrossEntropy {
             })
             .collect();
         let total: f64 = per_row.iter().sum();
-        let _ = rows;
         Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
     }
 

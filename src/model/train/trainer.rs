@@ -36,7 +36,7 @@ pub struct Hyper {
 pub struct Curve {
     /// Training loss of each step's batch.
     pub loss: Vec<(u64, f64)>,
-    /// Validation loss, after each epoch (and each quarter of an epoch of 8 steps or more).
+    /// Validation loss, after each epoch (and every ⌈steps / 4⌉ steps within a long one).
     pub val_loss: Vec<(u64, f64)>,
 }
 
@@ -96,7 +96,8 @@ impl State {
         })
     }
 
-    /// Bytes: a JSON header line, then parameters, first and second moments as f32 LE.
+    /// Bytes: a JSON header line (floats round-trip exactly: serde_json's `float_roundtrip`),
+    /// then parameters, first and second moments as f32 LE.
     pub fn encode(&self) -> Vec<u8> {
         let h = Header {
             step: self.step,
@@ -150,12 +151,12 @@ impl State {
     }
 }
 
-/// Epochs of at least this many steps are also validated within, every quarter epoch.
+/// Epochs of at least this many steps are also validated within, every ⌈steps / 4⌉ steps.
 pub const LONG_EPOCH: u64 = 8;
 
 /// Is the validation loss taken after step `step` (1-based count of steps done)? After every
-/// epoch, and every quarter of an epoch when epochs are long, so a curve shows overfitting
-/// before an epoch ends.
+/// epoch, and every ⌈steps / 4⌉ steps within a long one, so a curve shows overfitting before
+/// an epoch ends.
 pub fn validates_after(step: u64, per_epoch: u64) -> bool {
     let every = if per_epoch >= LONG_EPOCH {
         per_epoch.div_ceil(4)
