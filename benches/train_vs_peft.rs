@@ -32,9 +32,13 @@ fn env<T: std::str::FromStr>(k: &str, d: T) -> T {
 }
 
 fn peak_rss_mb() -> f64 {
+    rss_mb("VmHWM:")
+}
+
+fn rss_mb(field: &str) -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|k| k.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
@@ -53,6 +57,7 @@ fn ours(gguf: &Path, batch: usize, len: usize, steps: usize) -> Value {
         },
     )
     .unwrap();
+    let (loaded_rss, loaded_peak) = (rss_mb("VmRSS:"), peak_rss_mb());
     let vocab = base.embed.dims()[0] as u64;
     let mut s = 7u64;
     let examples: Vec<Example> = (0..batch)
@@ -85,7 +90,8 @@ fn ours(gguf: &Path, batch: usize, len: usize, steps: usize) -> Value {
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    json!({"tokens_per_s": (batch * len) as f64 / median, "step_s": median, "peak_rss_mb": peak_rss_mb()})
+    json!({"tokens_per_s": (batch * len) as f64 / median, "step_s": median, "peak_rss_mb": peak_rss_mb(),
+           "loaded_rss_mb": loaded_rss, "loading_peak_mb": loaded_peak, "rss_after_mb": rss_mb("VmRSS:")})
 }
 
 /// The model's shape, for PEFT: from the GGUF's metadata.

@@ -2,7 +2,7 @@
 //! compute the rest on `jobs` threads, commit records through leases, and write each stage's
 //! ref once all its items are in.
 
-use super::plan::{Done, Evaluated, Found, walk};
+use super::plan::{Done, Evaluated, Found, Next, walk};
 use super::{Context, Job, Pipeline, Stage, StageError, Upstream};
 use crate::key::Hash;
 use crate::progress::Reporter;
@@ -149,18 +149,13 @@ fn build_once(
     reporter: &dyn Reporter,
 ) -> Result<BuildReport, BuildError> {
     let mut rep = BuildReport::default();
-    // Set when an item failed without --keep-going: later stages are neither run nor listed.
-    let mut stopped = false;
     walk(
         store,
         pipeline,
         cx,
         closure,
-        |stage, found, known| -> Result<Option<Done>, BuildError> {
+        |stage, found, known| -> Result<Next, BuildError> {
             let name = stage.name();
-            if stopped {
-                return Ok(None);
-            }
             let (ev, old) = match found {
                 Found::Waiting { on, .. } => {
                     rep.stages.push(StageRun {
@@ -169,7 +164,7 @@ fn build_once(
                         blocked_on: Some(on.to_string()),
                         ..Default::default()
                     });
-                    return Ok(None);
+                    return Ok(Next::Go(None));
                 }
                 Found::UpToDate { current, ev } => {
                     rep.stages.push(StageRun {
@@ -179,7 +174,7 @@ fn build_once(
                         up_to_date: true,
                         ..Default::default()
                     });
-                    return Ok(Some(Done::of(&current)));
+                    return Ok(Next::Go(Some(Done::of(&current))));
                 }
                 Found::NeedsWork { ev, old } => (ev, old),
             };
@@ -192,7 +187,7 @@ fn build_once(
                     ..Default::default()
                 });
                 // Downstream keys need this stage's outputs: only a real build can tell.
-                return Ok(None);
+                return Ok(Next::Go(None));
             }
             // A stage reads only the inputs that key it.
             let upstream: BTreeMap<String, Upstream> = stage
@@ -208,11 +203,11 @@ fn build_once(
             match build_stage(
                 store, stage, cx, &ev, old, &upstream, opts, reporter, &mut rep,
             )? {
-                Some(done) => Ok(Some(done)),
-                None => {
-                    stopped = !opts.keep_going;
-                    Ok(None)
-                }
+                Some(done) => Ok(Next::Go(Some(done))),
+                // Items failed: with --keep-going the stages that do not need this one still
+                // run; without, later stages are neither run nor listed.
+                None if opts.keep_going => Ok(Next::Go(None)),
+                None => Ok(Next::Stop),
             }
         },
     )?;

@@ -2,7 +2,7 @@
 //! old → new, looking inside `{"$obj": …}` ingredients (task specs) when both sides are stored.
 
 use super::diff::changes;
-use super::plan::{Done, Found, walk};
+use super::plan::{Done, Found, Next, walk};
 use super::{Context, Pipeline};
 use crate::store::{Store, StoreError};
 use serde::Serialize;
@@ -48,7 +48,7 @@ pub fn explain(
             verdict: verdict.into(),
             changes,
         });
-        Ok::<_, ExplainError>(done)
+        Ok::<_, ExplainError>(Next::Go(done))
     })?;
     Ok(out)
 }

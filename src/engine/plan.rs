@@ -88,13 +88,14 @@ pub enum Found {
 /// The one walk over stages that `status`, `explain` and `build` share: in dependency order,
 /// each stage's key from its inputs' outputs, compared with its ref. `visit` decides what to
 /// do with each [`Found`] and returns the stage's outputs when it is (or becomes) complete, so
-/// its dependants can be keyed; a stage whose inputs are not all complete is `Waiting`.
+/// its dependants can be keyed, or [`Next::Stop`]; a stage whose inputs are not all complete
+/// is `Waiting`.
 pub fn walk<E: From<StoreError>>(
     store: &Store,
     pipeline: &Pipeline,
     cx: &Context<'_>,
     indices: &[usize],
-    mut visit: impl FnMut(&dyn Stage, Found, &BTreeMap<&'static str, Done>) -> Result<Option<Done>, E>,
+    mut visit: impl FnMut(&dyn Stage, Found, &BTreeMap<&'static str, Done>) -> Result<Next, E>,
 ) -> Result<(), E> {
     let mut known: BTreeMap<&'static str, Done> = BTreeMap::new();
     for &i in indices {
@@ -113,11 +114,24 @@ pub fn walk<E: From<StoreError>>(
                 old => Found::NeedsWork { ev, old },
             }
         };
-        if let Some(done) = visit(stage, found, &known)? {
-            known.insert(stage.name(), done);
+        match visit(stage, found, &known)? {
+            Next::Go(Some(done)) => {
+                known.insert(stage.name(), done);
+            }
+            Next::Go(None) => {}
+            Next::Stop => break,
         }
     }
     Ok(())
+}
+
+/// What the walk does after visiting a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Go on; with the stage's outputs when it is (or became) complete.
+    Go(Option<Done>),
+    /// Stop: no later stage is evaluated (a build that failed without `--keep-going`).
+    Stop,
 }
 
 impl Done {

@@ -2,7 +2,7 @@
 //! written).
 
 use super::diff::brief_reason;
-use super::plan::{Done, Found, manifest_from_records, walk};
+use super::plan::{Done, Found, Next, manifest_from_records, walk};
 use super::{Context, Pipeline};
 use crate::key::Hash;
 use crate::store::{Store, StoreError};
@@ -127,7 +127,7 @@ pub fn status(
             }
         };
         out.push(StageStatus { target, state });
-        Ok::<_, StoreError>(done)
+        Ok::<_, StoreError>(Next::Go(done))
     })?;
     Ok(out)
 }
