@@ -13,7 +13,7 @@ use pipe::chat::{Message, Role};
 use pipe::model::config::Config;
 use pipe::model::infer::{Block, Linear, SeqCache, Transformer};
 use pipe::model::train::adamw::AdamWConfig;
-use pipe::model::train::data::{self, Conversation, Example, Turn};
+use pipe::model::train::data::{self, Conversation, Example};
 use pipe::model::train::net::{LoraSpec, TrainModel};
 use pipe::model::train::trainer::{self, Hyper, State};
 
@@ -283,14 +283,8 @@ fn it_learns_what_inference_will_see() {
     let reply = "```python\nimport pytest\nfrom implementation import Stack\n\ndef test_push_then_pop_returns_the_item():\n    s = Stack()\n    s.push(41)\n    assert s.pop() == 41\n```";
     let conv = Conversation {
         prompt: vec![
-            Turn {
-                role: "system".into(),
-                content: "You write Python tests.".into(),
-            },
-            Turn {
-                role: "user".into(),
-                content: "Write pytest tests for a Stack class.".into(),
-            },
+            Message::new(Role::System, "You write Python tests."),
+            Message::new(Role::User, "Write pytest tests for a Stack class."),
         ],
         reply: reply.into(),
     };
@@ -343,21 +337,9 @@ fn it_learns_what_inference_will_see() {
         Some((&peft, 1.0)),
     )
     .unwrap();
-    let messages: Vec<Message> = conv
-        .prompt
-        .iter()
-        .map(|t| {
-            let role = if t.role == "system" {
-                Role::System
-            } else {
-                Role::User
-            };
-            Message::new(role, t.content.clone())
-        })
-        .collect();
     let prompt = tuned
         .tokenizer()
-        .encode(&tuned.render(&messages).unwrap())
+        .encode(&tuned.render(&conv.prompt).unwrap())
         .unwrap();
     assert_eq!(
         prompt,

@@ -13,13 +13,13 @@
 //! cache and its own seeded sampler.
 
 use super::{ChatModel, ChatReply, ChatRequest, LlmError, Message};
+use crate::model::hf;
 use crate::model::infer::{SeqCache, Step, Transformer};
 use crate::model::lora::Adapter;
 use crate::model::source::Source;
 use crate::model::template::ChatTemplate;
 use crate::model::tokenizer::{GgufTokenizer, TokenizerError};
 use crate::model::weights::Weights;
-use crate::model::{config, hf};
 use candle_core::Device;
 use candle_core::quantized::gguf_file;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
@@ -61,14 +61,6 @@ pub enum LocalError {
         path: PathBuf,
         /// The cause.
         source: TokenizerError,
-    },
-    /// The GGUF is of an architecture we do not run.
-    #[error("{path}: architecture `{arch}` is not supported (llama and qwen2 are)")]
-    Architecture {
-        /// The GGUF.
-        path: PathBuf,
-        /// `general.architecture`.
-        arch: String,
     },
     /// The chat template is missing or failed to render.
     #[error("{path}: chat template: {why}")]
@@ -207,13 +199,6 @@ impl Loaded {
                 why: "the GGUF has no `tokenizer.chat_template`".into(),
             }
         })?;
-        let arch = read_metadata_string(&ct, "general.architecture").unwrap_or_default();
-        if !config::ARCHITECTURES.contains(&arch.as_str()) {
-            return Err(LocalError::Architecture {
-                path: path.to_path_buf(),
-                arch,
-            });
-        }
         let weights = Weights::from_gguf(&ct, &mut file, MAX_POSITIONS, device)
             .map_err(candle("reading the weights"))?;
         let model =

@@ -20,36 +20,7 @@ pub mod openai;
 
 use serde::{Deserialize, Serialize};
 
-/// Who said a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// The system prompt.
-    System,
-    /// The prompt.
-    User,
-    /// The model's reply.
-    Assistant,
-}
-
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    /// Who said it.
-    pub role: Role,
-    /// What was said.
-    pub content: String,
-}
-
-impl Message {
-    /// A message.
-    pub fn new(role: Role, content: impl Into<String>) -> Message {
-        Message {
-            role,
-            content: content.into(),
-        }
-    }
-}
+pub use crate::model::template::{Message, Role};
 
 /// One request: the messages and how to sample.
 #[derive(Debug, Clone, Serialize)]

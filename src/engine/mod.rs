@@ -138,6 +138,16 @@ pub struct Outputs {
     pub summary: Value,
 }
 
+impl Outputs {
+    /// Outputs with a typed summary (what the reading stage deserialises).
+    pub fn new<T: serde::Serialize>(objects: BTreeMap<String, Hash>, summary: &T) -> Outputs {
+        Outputs {
+            objects,
+            summary: serde_json::to_value(summary).expect("a summary serialises"),
+        }
+    }
+}
+
 /// Why an action did not produce outputs.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -242,11 +252,7 @@ impl Job<'_> {
     /// Tell the user how far this item is.
     pub fn progress(&self, done: u64, total: u64, message: &str) {
         self.reporter
-            .item_progress(self.stage_name(), &self.item.id, done, total, message);
-    }
-
-    fn stage_name(&self) -> &str {
-        self.stage
+            .item_progress(self.stage, &self.item.id, done, total, message);
     }
 
     /// An upstream stage's manifest, read and verified once.

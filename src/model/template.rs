@@ -4,7 +4,40 @@
 //! One renderer for inference and training: a fine-tuned model must be taught on exactly the
 //! text it will later be prompted with, so both go through [`ChatTemplate::render`].
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// Who said a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The system prompt.
+    System,
+    /// The prompt.
+    User,
+    /// The model's reply.
+    Assistant,
+}
+
+/// One chat message: what a template renders, a chat backend sends and a training sample
+/// holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    /// Who said it.
+    pub role: Role,
+    /// What was said.
+    pub content: String,
+}
+
+impl Message {
+    /// A message.
+    pub fn new(role: Role, content: impl Into<String>) -> Message {
+        Message {
+            role,
+            content: content.into(),
+        }
+    }
+}
 
 /// A chat template and the special tokens it may name.
 #[derive(Debug, Clone)]
@@ -24,16 +57,11 @@ impl ChatTemplate {
         }
     }
 
-    /// The Jinja source.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    /// The text for `messages` (each with `role` and `content`), with the assistant's opening
-    /// added when `add_generation_prompt`. The error is minijinja's, in full.
-    pub fn render<M: Serialize>(
+    /// The text for `messages`, with the assistant's opening added when
+    /// `add_generation_prompt`. The error is minijinja's, in full.
+    pub fn render(
         &self,
-        messages: &[M],
+        messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, String> {
         let err = |e: minijinja::Error| format!("{e:#}");

@@ -4,10 +4,9 @@
 //!
 //! Names are GGUF's (`token_embd.weight`, `blk.N.attn_q.weight`, …) whatever the source: a
 //! Hugging Face directory's tensors are renamed on the way in (not reordered: its q/k rows stay
-//! in rotate-half order, which [`Weights::qk_order`] says; see [`super::rope`]).
+//! in rotate-half order, which the config's `rope_neox` says; see [`super::rope`]).
 
 use super::config::{self, Config, Proj};
-use super::rope::QkOrder;
 use candle_core::quantized::QTensor;
 use candle_core::quantized::gguf_file::Content;
 use candle_core::safetensors::MmapedSafetensors;
@@ -32,14 +31,6 @@ impl Stored {
         match self {
             Stored::Quantized(q) => q.dequantize(device),
             Stored::Dense(t) => t.to_device(device)?.to_dtype(DType::F32),
-        }
-    }
-
-    /// The shape, rows first.
-    pub fn dims(&self) -> Vec<usize> {
-        match self {
-            Stored::Quantized(q) => q.shape().dims().to_vec(),
-            Stored::Dense(t) => t.dims().to_vec(),
         }
     }
 }
@@ -180,11 +171,6 @@ impl Weights {
             config,
             tensors,
         })
-    }
-
-    /// How this model's q/k rows are ordered.
-    pub fn qk_order(&self) -> QkOrder {
-        QkOrder::of(&self.config)
     }
 
     /// The tensor called `name`, if the model has it.

@@ -5,39 +5,26 @@
 //! so every task with at least two samples has one in validation.
 
 use super::Sample;
+use crate::model::template::{Message, Role};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-/// One turn of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Turn {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
-    /// What was said.
-    pub content: String,
-}
 
 /// One JSONL line: a conversation to learn the last turn of.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChatLine {
     /// System, user, assistant.
-    pub messages: Vec<Turn>,
+    pub messages: Vec<Message>,
 }
 
 impl ChatLine {
     /// The conversation of a sample.
     pub fn of(s: &Sample) -> ChatLine {
-        let turn = |role: &str, content: &str| Turn {
-            role: role.into(),
-            content: content.into(),
-        };
         ChatLine {
             messages: vec![
-                turn("system", &s.system),
-                turn("user", &s.prompt),
-                turn("assistant", &s.reply),
+                Message::new(Role::System, &s.system),
+                Message::new(Role::User, &s.prompt),
+                Message::new(Role::Assistant, &s.reply),
             ],
         }
     }

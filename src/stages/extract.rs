@@ -3,7 +3,7 @@
 
 use crate::engine::{Job, Outputs, StageError};
 use crate::samples::{self, Extracted};
-use crate::workflow::{TrialId, TrialRecord};
+use crate::workflow::TrialRecord;
 use serde::{Deserialize, Serialize};
 
 /// An item's own ingredients: which arm's trials.
@@ -30,9 +30,7 @@ pub fn run(job: &Job<'_>) -> Result<Outputs, StageError> {
     let item: Item = job.own()?;
     let mut trials = Vec::new();
     for e in &job.manifest("trial")?.entries {
-        let id: TrialId =
-            e.id.parse()
-                .map_err(|err| StageError::Failed(format!("trial manifest: {err}")))?;
+        let id = super::trial_id(&e.id)?;
         if id.arm != item.arm {
             continue;
         }
@@ -40,16 +38,13 @@ pub fn run(job: &Job<'_>) -> Result<Outputs, StageError> {
         trials.push((id, rec));
     }
     let ex = samples::select(&item.arm, &trials);
-    let id = job
-        .store
-        .put_json(&serde_json::to_value(&ex).expect("serialises"))?;
-    Ok(Outputs {
-        objects: [(SAMPLES.to_string(), id)].into(),
-        summary: serde_json::to_value(Summary {
+    let id = job.store.put_json(&super::to_json(&ex))?;
+    Ok(Outputs::new(
+        [(SAMPLES.to_string(), id)].into(),
+        &Summary {
             samples: ex.samples.len(),
-        })
-        .expect("serialises"),
-    })
+        },
+    ))
 }
 
 /// Every extract item's output, read and checked.

@@ -32,12 +32,11 @@ pub fn run(job: &Job<'_>) -> Result<Outputs, StageError> {
     let text = |v: &[&Sample]| v.iter().map(|s| jsonl::line(s)).collect::<String>();
     let train_id = job.store.put(text(&train).as_bytes())?;
     let val_id = job.store.put(text(&val).as_bytes())?;
-    Ok(Outputs {
-        objects: [(TRAIN.to_string(), train_id), (VAL.to_string(), val_id)].into(),
-        summary: serde_json::to_value(Split {
+    Ok(Outputs::new(
+        [(TRAIN.to_string(), train_id), (VAL.to_string(), val_id)].into(),
+        &Split {
             train: train.len(),
             val: val.len(),
-        })
-        .expect("serialises"),
-    })
+        },
+    ))
 }

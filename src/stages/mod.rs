@@ -123,6 +123,12 @@ fn to_json<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).expect("stage data serialises")
 }
 
+/// The trial an item id names (`task/arm/index`), or the stage's error saying it is none.
+fn trial_id(id: &str) -> Result<crate::workflow::TrialId, StageError> {
+    id.parse()
+        .map_err(|e: crate::workflow::BadTrialId| StageError::Failed(e.to_string()))
+}
+
 fn one(id: &str, ingredients: Value) -> Vec<Item> {
     vec![Item::new(id, ingredients)]
 }

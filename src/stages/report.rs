@@ -10,7 +10,7 @@ use crate::config::{Loaded, Role};
 use crate::engine::{Job, Outputs, StageError};
 use crate::report::{ArmInfo, ExtractCounts, ReportInput, TaskInfo, Training, TrialRow};
 use crate::store::{Manifest, ManifestEntry, Store, StoreError};
-use crate::workflow::{BadTrialId, TrialId, TrialSummary};
+use crate::workflow::TrialSummary;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,9 +18,7 @@ use std::path::PathBuf;
 /// A trial row from a manifest entry of `stage`: its id and summary, parsed strictly (a
 /// summary of another shape is an error, never a row of zeros).
 fn row(stage: &str, e: &ManifestEntry) -> Result<TrialRow, StageError> {
-    let id: TrialId =
-        e.id.parse()
-            .map_err(|err: BadTrialId| StageError::Failed(format!("{stage} manifest: {err}")))?;
+    let id = super::trial_id(&e.id)?;
     let s: TrialSummary = crate::engine::summary(e)?;
     let transcript = e
         .outputs
@@ -156,14 +154,13 @@ pub fn run(job: &Job<'_>) -> Result<Outputs, StageError> {
         objects.insert(name.clone(), job.store.put(bytes)?);
     }
     let passed = input.trials.iter().filter(|t| t.passed).count();
-    Ok(Outputs {
+    Ok(Outputs::new(
         objects,
-        summary: serde_json::to_value(Summary {
+        &Summary {
             trials: input.trials.len(),
             passed,
-        })
-        .expect("serialises"),
-    })
+        },
+    ))
 }
 
 /// Copy the current report's files from the store into the reports directory, through the

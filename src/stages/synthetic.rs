@@ -7,9 +7,9 @@
 //! computation), `PIPE_SYNTH_FAIL` (fail the item with this id).
 
 use super::trial::TRANSCRIPT;
+use super::{to_json, trial_id};
 use crate::engine::{Job, Outputs, StageError};
 use crate::key::Hash;
-use crate::workflow::TrialId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::io::Write;
@@ -38,15 +38,6 @@ fn prologue(job: &Job<'_>, stage: &str) -> Result<(), StageError> {
         )));
     }
     Ok(())
-}
-
-fn json<T: Serialize>(v: &T) -> Value {
-    serde_json::to_value(v).expect("serialises")
-}
-
-fn trial_id(id: &str) -> Result<TrialId, StageError> {
-    id.parse()
-        .map_err(|e: crate::workflow::BadTrialId| StageError::Failed(e.to_string()))
 }
 
 fn put(job: &Job<'_>, name: &str, v: &Value, summary: Value) -> Result<Outputs, StageError> {
@@ -96,7 +87,12 @@ pub fn trial(job: &Job<'_>) -> Result<Outputs, StageError> {
         retries: digest.0[1] % 4,
         digest: digest.to_hex(),
     };
-    put(job, TRANSCRIPT, &json(&out), json(&TrialSummary { passed }))
+    put(
+        job,
+        TRANSCRIPT,
+        &to_json(&out),
+        to_json(&TrialSummary { passed }),
+    )
 }
 
 /// extract: the passed trials of the arm, read back (and so verified) from the store.
@@ -118,7 +114,7 @@ pub fn extract(job: &Job<'_>) -> Result<Outputs, StageError> {
         job,
         super::extract::SAMPLES,
         &Value::Array(kept),
-        json(&super::extract::Summary { samples: n }),
+        to_json(&super::extract::Summary { samples: n }),
     )
 }
 

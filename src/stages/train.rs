@@ -7,8 +7,9 @@ use super::runtime::Runtime;
 use crate::config::Loaded;
 use crate::engine::{Context, Item, Job, Outputs, Stage, StageError};
 use crate::model::lora::{PEFT_CONFIG, PEFT_WEIGHTS};
+use crate::model::template::Role;
 use crate::model::train::adamw::AdamWConfig;
-use crate::model::train::data::{self, Conversation, Turn};
+use crate::model::train::data::{self, Conversation};
 use crate::model::train::net::{LoraSpec, TrainModel};
 use crate::model::train::trainer::{self, Curve, Hyper, State};
 use crate::samples::Counts;
@@ -135,7 +136,7 @@ impl Stage for TrainStage {
         &["extract", "format"]
     }
     fn params(&self, cx: &Context<'_>) -> Value {
-        let p = serde_json::to_value(params(&self.rt, cx.loaded)).expect("serialises");
+        let p = super::to_json(&params(&self.rt, cx.loaded));
         if self.synthetic.is_some() {
             json!({ "synthetic": p })
         } else {
@@ -162,16 +163,9 @@ fn conversations(text: &[u8], what: &str) -> Result<Vec<Conversation>, StageErro
         .into_iter()
         .enumerate()
         .map(|(i, l)| {
-            let mut turns: Vec<Turn> = l
-                .messages
-                .into_iter()
-                .map(|t| Turn {
-                    role: t.role,
-                    content: t.content,
-                })
-                .collect();
+            let mut turns = l.messages;
             match turns.pop() {
-                Some(last) if last.role == "assistant" => Ok(Conversation {
+                Some(last) if last.role == Role::Assistant => Ok(Conversation {
                     prompt: turns,
                     reply: last.content,
                 }),
@@ -281,8 +275,6 @@ fn run(rt: &Runtime, job: &Job<'_>) -> Result<Outputs, StageError> {
         Duration::from_secs_f64(l.config.train.checkpoint_s.unwrap_or(60.0).clamp(0.0, 1e9));
     let started = Instant::now();
     let mut saved = Instant::now();
-    let per_epoch = trainer::steps_per_epoch(train.examples.len(), p.hyper.batch_size);
-    let total = per_epoch * p.hyper.epochs as u64;
     let pad = base.tokenizer().eos();
     let state = trainer::run(
         &model,
@@ -304,7 +296,7 @@ fn run(rt: &Runtime, job: &Job<'_>) -> Result<Outputs, StageError> {
             )
         },
         &mut |s| {
-            if s.step < total && saved.elapsed() >= every {
+            if saved.elapsed() >= every {
                 saved = Instant::now();
                 crate::failpoint("train:before-checkpoint");
                 job.save_checkpoint(&s.encode())
@@ -360,13 +352,12 @@ fn finish(
             objects.insert(name.to_string(), job.store.put(bytes)?);
         }
     }
-    Ok(Outputs {
+    Ok(Outputs::new(
         objects,
-        summary: serde_json::to_value(Summary {
+        &Summary {
             trained: files.is_some(),
             samples: rec.train_samples,
             steps: rec.steps,
-        })
-        .expect("serialises"),
-    })
+        },
+    ))
 }

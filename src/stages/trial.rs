@@ -7,7 +7,7 @@ use crate::config::{Loaded, Role};
 use crate::engine::{Context, Item, Job, Outputs, Shared, Stage, StageError};
 use crate::guard::Limits;
 use crate::workflow::prompts::Prompts;
-use crate::workflow::{BadTrialId, TrialError, TrialId, TrialSetup};
+use crate::workflow::{TrialError, TrialId, TrialSetup};
 use rayon::prelude::*;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -111,11 +111,7 @@ impl Stage for TrialStage {
 
 fn run_trial(rt: &Runtime, job: &Job<'_>) -> Result<Outputs, StageError> {
     let l = job.cx.loaded;
-    let id: TrialId = job
-        .item
-        .id
-        .parse()
-        .map_err(|e: BadTrialId| StageError::Failed(e.to_string()))?;
+    let id = super::trial_id(&job.item.id)?;
     let task = l
         .tasks
         .iter()
@@ -151,10 +147,9 @@ fn run_trial(rt: &Runtime, job: &Job<'_>) -> Result<Outputs, StageError> {
         TrialError::Prompt(p) => StageError::Failed(p.to_string()),
         other => StageError::Infra(other.to_string()),
     })?;
-    let v = serde_json::to_value(&rec).expect("trial record serialises");
-    let transcript = job.store.put_json(&v)?;
-    Ok(Outputs {
-        objects: [(TRANSCRIPT.to_string(), transcript)].into(),
-        summary: serde_json::to_value(rec.summary()).expect("a summary serialises"),
-    })
+    let transcript = job.store.put_json(&super::to_json(&rec))?;
+    Ok(Outputs::new(
+        [(TRANSCRIPT.to_string(), transcript)].into(),
+        &rec.summary(),
+    ))
 }

@@ -5,24 +5,14 @@
 //! end-of-turn token — the very tokens the local backend would have to generate. The loss is
 //! on the reply and its end token only.
 
-use crate::model::template::ChatTemplate;
+use crate::model::template::{ChatTemplate, Message, Role};
 use crate::model::tokenizer::GgufTokenizer;
-use serde::{Deserialize, Serialize};
-
-/// One turn the template renders.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Turn {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
-    /// The text.
-    pub content: String,
-}
 
 /// A conversation to learn the reply of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conversation {
     /// The turns before the reply (system, user), as inference sends them.
-    pub prompt: Vec<Turn>,
+    pub prompt: Vec<Message>,
     /// The reply to learn.
     pub reply: String,
 }
@@ -58,11 +48,13 @@ pub struct Prepared {
 /// learn to say what ends generation at inference.)
 pub fn turn_end(tokenizer: &GgufTokenizer, template: &ChatTemplate) -> Result<u32, String> {
     let marker = "\u{2063}reply\u{2063}";
-    let turn = |role: &str, content: &str| Turn {
-        role: role.into(),
-        content: content.into(),
-    };
-    let Ok(text) = template.render(&[turn("user", "x"), turn("assistant", marker)], false) else {
+    let Ok(text) = template.render(
+        &[
+            Message::new(Role::User, "x"),
+            Message::new(Role::Assistant, marker),
+        ],
+        false,
+    ) else {
         return Ok(tokenizer.eos());
     };
     let after = text.rsplit_once(marker).map_or("", |(_, a)| a);

@@ -47,8 +47,8 @@ struct Projection {
 }
 
 struct Layer {
-    attn_norm: Tensor,
-    ffn_norm: Tensor,
+    attn_norm: ops::RmsNorm,
+    ffn_norm: ops::RmsNorm,
     proj: Vec<Projection>,
 }
 
@@ -57,26 +57,18 @@ pub struct TrainModel {
     config: Config,
     embed: Tensor,
     layers: Vec<Layer>,
-    norm: Tensor,
+    norm: ops::RmsNorm,
     head: Arc<Frozen>,
-    cos: Tensor,
-    sin: Tensor,
+    rope: ops::Rope,
     spec: LoraSpec,
 }
 
-/// Deterministic uniform numbers in [-1, 1) (splitmix64): `A`'s initialisation must not depend
-/// on a device's generator, or a resumed run could not match an uninterrupted one.
+/// Deterministic uniform numbers in [-1, 1): `A`'s initialisation must not depend on a
+/// device's generator, or a resumed run could not match an uninterrupted one.
 fn uniform(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
     (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
+        .map(|_| ((super::splitmix64(&mut s) >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
         .collect()
 }
 
@@ -113,9 +105,10 @@ impl TrainModel {
                     },
                 });
             }
+            let eps = base.config.eps;
             layers.push(Layer {
-                attn_norm: blk.attn_norm.clone(),
-                ffn_norm: blk.ffn_norm.clone(),
+                attn_norm: ops::RmsNorm::new(&blk.attn_norm, eps)?,
+                ffn_norm: ops::RmsNorm::new(&blk.ffn_norm, eps)?,
                 proj,
             });
         }
@@ -124,10 +117,9 @@ impl TrainModel {
             config: base.config.clone(),
             embed: base.embed.clone(),
             layers,
-            norm: base.norm.clone(),
+            norm: ops::RmsNorm::new(&base.norm, base.config.eps)?,
             head: frozen(&base.head)?,
-            cos: cos.clone(),
-            sin: sin.clone(),
+            rope: ops::Rope::new(cos, sin, base.config.rope_neox)?,
             spec,
         })
     }
@@ -211,9 +203,9 @@ impl TrainModel {
             .embed
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((batch, len, c.hidden))?;
-        let rope = |t: &Tensor| ops::rope(t, &self.cos, &self.sin, c.rope_neox);
+        let rope = |t: &Tensor| self.rope.forward(t);
         for l in &self.layers {
-            let h = ops::rms_norm(&x, &l.attn_norm, c.eps)?;
+            let h = l.attn_norm.forward(&x)?;
             let heads = |t: Tensor, n: usize| -> Result<Tensor> {
                 t.reshape((batch, len, n, c.head_dim))?
                     .transpose(1, 2)?
@@ -227,12 +219,12 @@ impl TrainModel {
                 .contiguous()?
                 .reshape((batch, len, c.n_head * c.head_dim))?;
             x = (x + self.project(&l.proj[3], &o)?)?;
-            let h = ops::rms_norm(&x, &l.ffn_norm, c.eps)?;
+            let h = l.ffn_norm.forward(&x)?;
             let g = self.project(&l.proj[4], &h)?;
             let u = self.project(&l.proj[5], &h)?;
             x = (x + self.project(&l.proj[6], &(g.silu()? * u)?)?)?;
         }
-        ops::rms_norm(&x, &self.norm, c.eps)
+        self.norm.forward(&x)
     }
 
     /// Logits (rows, vocab) of the given rows of hidden states (rows, hidden).
@@ -241,7 +233,7 @@ impl TrainModel {
     }
 
     /// The summed cross-entropy of predicting `targets` from the hidden states at `positions`
-    /// (flat indices into batch × len), and the number of targets.
+    /// (flat indices into batch × len), as a scalar.
     pub fn loss_sum(&self, ids: &Tensor, positions: &[u32], targets: &[u32]) -> Result<Tensor> {
         let (batch, len) = ids.dims2()?;
         let h = self

@@ -10,6 +10,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(d) = s else {
@@ -205,20 +206,28 @@ impl CustomOp3 for Attention {
     }
 }
 
-/// RMSNorm over the last dimension with a frozen weight `alpha`.
-pub fn rms_norm(x: &Tensor, alpha: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(RmsNorm {
-        alpha: host(alpha)?,
-        eps: eps as f32,
-    })
-}
-
-struct RmsNorm {
-    alpha: Vec<f32>,
+/// RMSNorm over the last dimension with a frozen weight, read to the host once (not at every
+/// call: the op runs twice a layer a step).
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    alpha: Arc<[f32]>,
     eps: f32,
 }
 
 impl RmsNorm {
+    /// The norm with weight `alpha`.
+    pub fn new(alpha: &Tensor, eps: f64) -> Result<RmsNorm> {
+        Ok(RmsNorm {
+            alpha: host(alpha)?.into(),
+            eps: eps as f32,
+        })
+    }
+
+    /// `x` normalised.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1(self.clone())
+    }
+
     fn inv_rms(&self, row: &[f32]) -> f32 {
         let ms = row.iter().map(|x| x * x).sum::<f32>() / row.len() as f32;
         1.0 / (ms + self.eps).sqrt()
@@ -238,7 +247,7 @@ impl CustomOp1 for RmsNorm {
             .zip(x.par_chunks(d))
             .for_each(|(yr, xr)| {
                 let r = self.inv_rms(xr);
-                for ((yi, xi), a) in yr.iter_mut().zip(xr).zip(&self.alpha) {
+                for ((yi, xi), a) in yr.iter_mut().zip(xr).zip(self.alpha.iter()) {
                     *yi = xi * r * a;
                 }
             });
@@ -257,11 +266,11 @@ impl CustomOp1 for RmsNorm {
                 let s: f32 = gr
                     .iter()
                     .zip(xr)
-                    .zip(&self.alpha)
+                    .zip(self.alpha.iter())
                     .map(|((g, x), a)| g * a * x)
                     .sum();
                 let c = r * r * r * s / d as f32;
-                for (((di, g), xi), a) in dr.iter_mut().zip(gr).zip(xr).zip(&self.alpha) {
+                for (((di, g), xi), a) in dr.iter_mut().zip(gr).zip(xr).zip(self.alpha.iter()) {
                     *di = r * g * a - xi * c;
                 }
             });
@@ -269,23 +278,30 @@ impl CustomOp1 for RmsNorm {
     }
 }
 
-/// Rotary embedding of x (batch, heads, len, dim) at positions 0..len, in halves (`neox`) or
-/// adjacent pairs; `cos`/`sin` are (positions, dim / 2).
-pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, neox: bool) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Rope {
-        cos: host(cos)?,
-        sin: host(sin)?,
-        neox,
-    })
-}
-
-struct Rope {
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+/// Rotary embedding at positions 0..len, in halves (`neox`) or adjacent pairs, its tables read
+/// to the host once (they are megabytes, and the op runs twice a layer a step).
+#[derive(Debug, Clone)]
+pub struct Rope {
+    cos: Arc<[f32]>,
+    sin: Arc<[f32]>,
     neox: bool,
 }
 
 impl Rope {
+    /// The rotation with tables `cos`/`sin` of (positions, dim / 2).
+    pub fn new(cos: &Tensor, sin: &Tensor, neox: bool) -> Result<Rope> {
+        Ok(Rope {
+            cos: host(cos)?.into(),
+            sin: host(sin)?.into(),
+            neox,
+        })
+    }
+
+    /// `x` (batch, heads, len, dim) rotated.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1(self.clone())
+    }
+
     /// Rotate every head row of `src` into `dst` by +θ (`sign` 1) or −θ (`sign` −1).
     fn rotate(&self, src: &[f32], dst: &mut [f32], dims: &[usize], sign: f32) {
         let (t, d) = (dims[2], dims[3]);

@@ -187,15 +187,8 @@ pub fn learning_rate(h: &Hyper, step: u64, total: u64) -> f64 {
 pub fn order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..n).collect();
     let mut s = seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut next = || {
-        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
     for i in (1..n).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
+        let j = (super::splitmix64(&mut s) % (i as u64 + 1)) as usize;
         idx.swap(i, j);
     }
     idx
@@ -268,8 +261,8 @@ pub fn gradients(
 }
 
 /// Train `model` on `train` from `state` to the end, validating on `val` after each epoch.
-/// `progress` hears of every step; `checkpoint` is offered the state after every step (it
-/// decides whether to keep it).
+/// `progress` hears of every step; `checkpoint` is offered the state after every step but the
+/// last (it decides whether to keep it).
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     model: &TrainModel,
@@ -322,7 +315,10 @@ pub fn run(
                 f64::NAN
             },
         });
-        checkpoint(&state)?;
+        // The last state is the result itself: nothing to resume from.
+        if state.step < total {
+            checkpoint(&state)?;
+        }
     }
     Ok(state)
 }
