@@ -269,6 +269,68 @@ fn forged_junit_report_is_not_a_pass() {
     assert_eq!(v.outcome, Outcome::Crashed, "{v:?}");
 }
 
+/// Implementations of an empty `Stack` that make pytest report a pass by monkeypatching it,
+/// each a different way in: report objects, the test runner, a plugin registered mid-run, the
+/// call results, a code object swapped in place, an inherited property shadowed.
+const TAMPERS: &[(&str, &str)] = &[
+    (
+        "report_init",
+        include_str!("fixtures/tamper/report_init.py"),
+    ),
+    (
+        "runtest_noop",
+        include_str!("fixtures/tamper/runtest_noop.py"),
+    ),
+    (
+        "registered_plugin",
+        include_str!("fixtures/tamper/registered_plugin.py"),
+    ),
+    (
+        "swallow_exceptions",
+        include_str!("fixtures/tamper/swallow_exceptions.py"),
+    ),
+    ("code_swap", include_str!("fixtures/tamper/code_swap.py")),
+    (
+        "subclass_attr",
+        include_str!("fixtures/tamper/subclass_attr.py"),
+    ),
+];
+
+#[test]
+fn monkeypatching_pytest_is_tampering_not_a_pass() {
+    for (name, imp) in TAMPERS {
+        let v = judge(STACK_TESTS, imp);
+        assert!(!v.passed, "{name}: {v:?}");
+        assert_eq!(v.outcome, Outcome::Tampered, "{name}: {v:?}");
+        assert!(
+            v.feedback.contains("pytest"),
+            "{name}: says what happened: {}",
+            v.feedback
+        );
+    }
+}
+
+#[test]
+fn the_tamper_check_leaves_ordinary_pytest_features_alone() {
+    // Fixtures, parametrize, classes, monkeypatch, capsys, tmp_path, caplog, xfail, skip,
+    // warns, approx: all pass, nothing is called tampering.
+    let v = judge(include_str!("fixtures/legit_tests.py"), STACK);
+    assert_eq!(v.outcome, Outcome::Passed, "{v:?}");
+    assert_eq!((v.tests, v.skipped), (9, 2), "{v:?}");
+}
+
+#[test]
+fn a_correct_implementation_that_also_tampers_is_not_a_pass() {
+    // The tests would pass on their own; the tamper alone fails the attempt, so the tampering
+    // code never becomes a training sample.
+    let imp = format!(
+        "{}\n{STACK}",
+        include_str!("fixtures/tamper/report_init.py")
+    );
+    let v = judge(STACK_TESTS, &imp);
+    assert_eq!(v.outcome, Outcome::Tampered, "{v:?}");
+}
+
 #[test]
 fn no_tests_is_not_a_pass() {
     let v = judge(

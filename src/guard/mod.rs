@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 /// Bump when the guard's behaviour changes in a way the Python helper hashes do not show (the
 /// sandbox command line, verdict rules, feedback format), so keys that depend on verdicts
 /// change with it.
-pub const GUARD_VERSION: &str = "guard-1";
+pub const GUARD_VERSION: &str = "guard-2";
 
 /// The pytest plugin that carries the report out through a pipe (see its docstring).
 const PLUGIN_PY: &str = include_str!("py/pipe_guard_plugin.py");
@@ -469,10 +469,15 @@ const REPORT_CAP: usize = 8 << 20;
 /// pipe it inherited, which our plugin moves out of the way before any generated code is
 /// imported; files the code writes (`report.xml` in the working directory, `/tmp`, `$HOME`)
 /// are never read, and `os._exit(0)` leaves the pipe empty, so both end as
-/// [`Outcome::Crashed`]. What it does not stop: code in the same interpreter that
-/// deliberately hunts for the pipe (`/proc/self/fd`, the plugin's module) and writes a forged
-/// report there, or monkeypatches pytest. That takes an adversary who knows this design; a
-/// model asked for a Stack is not one, and the sandbox still bounds what such code can reach.
+/// [`Outcome::Crashed`]. Why monkeypatching pytest does not pass either: the plugin also sends
+/// its own record — outcomes taken from the call results before any report object exists,
+/// tests collected and run, and a fingerprint of pytest's functions, classes, plugins and
+/// hooks taken before collection and compared at the end — and a pass needs the report and the
+/// record to agree with nothing changed ([`Outcome::Tampered`] otherwise). What it does not
+/// stop: code in the same interpreter that deliberately hunts for the pipe (`/proc/self/fd`,
+/// the plugin's closures) and writes a forged record and report there, or that changes what
+/// the tests compute without touching pytest. That takes an adversary who knows this design,
+/// and the sandbox still bounds what such code can reach.
 /// A process that forks and lets the child run pytest to the end writes a second report into
 /// the same pipe; the concatenation does not parse, which is `Crashed` too.
 pub fn run_tests(

@@ -26,6 +26,9 @@ pub enum Outcome {
     Timeout,
     /// pytest ended without a usable report: `os._exit`, a signal, a limit, a garbled report.
     Crashed,
+    /// The run changed pytest itself (a function, class, plugin or hook replaced), or its
+    /// report disagrees with what our plugin saw the tests do: nothing it says can be believed.
+    Tampered,
 }
 
 /// The test guard's verdict on one implementation attempt.
@@ -189,8 +192,82 @@ pub(crate) fn refused(feedback: String) -> TestVerdict {
     }
 }
 
-/// Judge a pytest run whose channel carried `report` after the READY line.
-pub(crate) fn judge(run: &Finished, report: &[u8], limits: &Limits) -> TestVerdict {
+/// What our plugin saw, independently of pytest's report objects (see
+/// `py/pipe_guard_plugin.py`): sent on the channel before the JUnit report.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    /// Tests collection produced; `None` when collection never finished.
+    collected: Option<u32>,
+    /// Tests whose call phase ran.
+    ran: u32,
+    /// Tests that ran with no phase raising.
+    clean: u32,
+    /// What in pytest was replaced, added or removed (at most 10 names).
+    changed: Vec<String>,
+    /// How many things changed in all.
+    changed_count: u32,
+}
+
+const RECORD: &[u8] = b"PIPE-GUARD-RECORD ";
+
+/// Split the channel's body (after READY) into our plugin's record and the JUnit report.
+/// The record is one line, written first; a body without one (or with a garbled one) gives
+/// `None` and the JUnit bytes as they are.
+fn split_record(body: &[u8]) -> (Option<Record>, &[u8]) {
+    let Some(rest) = body.strip_prefix(RECORD) else {
+        return (None, body);
+    };
+    let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
+        return (None, body);
+    };
+    match serde_json::from_slice(&rest[..nl]) {
+        Ok(r) => (Some(r), &rest[nl + 1..]),
+        Err(_) => (None, body),
+    }
+}
+
+/// Why a run that pytest reports as passed cannot be believed, if it cannot.
+fn distrust(record: Option<&Record>, r: &Report) -> Option<String> {
+    let Some(rec) = record else {
+        return Some(
+            "pytest wrote a report but pipe's plugin never finished its own record: something \
+             in the tests or the implementation interfered with pytest"
+                .into(),
+        );
+    };
+    if rec.changed_count > 0 {
+        let mut names = rec.changed.join(", ");
+        if rec.changed_count as usize > rec.changed.len() {
+            names.push_str(&format!(
+                " and {} more",
+                rec.changed_count as usize - rec.changed.len()
+            ));
+        }
+        return Some(format!(
+            "the code under test modified pytest itself ({names}); pipe does not accept a \
+             result from a run that changes the test framework"
+        ));
+    }
+    let passed = r.tests.saturating_sub(r.failures + r.errors + r.skipped);
+    if rec.collected != Some(r.tests) || passed > rec.clean || rec.ran > r.tests {
+        return Some(format!(
+            "pytest's report ({}) disagrees with what pipe saw: {} collected, {} ran, {} \
+             without an error; something in the tests or the implementation interfered with \
+             pytest",
+            summary(r),
+            rec.collected.map_or("none".into(), |n| n.to_string()),
+            rec.ran,
+            rec.clean
+        ));
+    }
+    None
+}
+
+/// Judge a pytest run whose channel carried `body` (our record, then the JUnit report) after
+/// the READY line.
+pub(crate) fn judge(run: &Finished, body: &[u8], limits: &Limits) -> TestVerdict {
+    let (record, report) = split_record(body);
     let mut v = TestVerdict {
         passed: false,
         outcome: Outcome::Crashed,
@@ -296,6 +373,9 @@ pub(crate) fn judge(run: &Finished, report: &[u8], limits: &Limits) -> TestVerdi
             "no tests ran: all {} collected tests were skipped",
             r.tests
         ));
+    } else if let Some(why) = distrust(record.as_ref(), &r) {
+        v.outcome = Outcome::Tampered;
+        v.feedback = feedback(why);
     } else if run.status.code() != Some(0) {
         v.outcome = Outcome::Crashed;
         v.feedback = feedback(format!(
