@@ -447,3 +447,50 @@ fn a_sandbox_that_cannot_start_pytest_is_an_error_not_a_verdict() {
         other => panic!("expected a sandbox error, got {other:?}"),
     }
 }
+
+/// bwrap zombies whose parent is `ppid`.
+fn bwrap_zombies_of(ppid: u32) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let (state, parent) = (f.next(), f.next().and_then(|p| p.parse::<u32>().ok()));
+        if head.ends_with("(bwrap") && state == Some("Z") && parent == Some(ppid) {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn sandbox_runs_leave_no_zombies() {
+    // bwrap's inner process outlives the one we wait for; orphaned, it used to be handed to
+    // init, which in many containers (this one) never reaps. Now pipe adopts and reaps it.
+    let me = std::process::id();
+    let at_init = bwrap_zombies_of(1);
+    for _ in 0..4 {
+        judge(STACK_TESTS, STACK);
+    }
+    judge(STACK_TESTS, "import os\nos._exit(3)\n");
+    assert!(
+        bwrap_zombies_of(1) <= at_init,
+        "sandbox processes were left to init"
+    );
+    // Other tests in this binary run sandboxes concurrently: theirs may be in flight for a
+    // moment, so ours are reaped when a look finds none at all.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bwrap_zombies_of(me) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} bwrap zombies are still ours",
+            bwrap_zombies_of(me)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

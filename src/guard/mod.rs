@@ -19,6 +19,7 @@
 //! Depends on nothing else of pipe: it judges code, knowing neither models nor the store.
 
 mod mutants;
+mod reap;
 mod sandbox;
 mod verdict;
 

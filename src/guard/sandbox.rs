@@ -379,7 +379,7 @@ pub(crate) fn run(env: &PyEnv, job: &Job<'_>) -> Result<Finished, GuardError> {
         cmd.pre_exec(move || child_setup(mount.as_ref(), &keep, as_root));
     }
     let start = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| GuardError::Sandbox {
+    let mut child = super::reap::spawn(&mut cmd).map_err(|e| GuardError::Sandbox {
         what: "bubblewrap".into(),
         detail: format!("{}: {e}", env.bwrap.display()),
         hint: "as root the guard needs a private mount namespace (CAP_SYS_ADMIN) and \
@@ -429,8 +429,7 @@ pub(crate) fn run(env: &PyEnv, job: &Job<'_>) -> Result<Finished, GuardError> {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            kill(&mut child);
-            let _ = child.wait();
+            abandon(&mut child);
             return Err(GuardError::io("poll the sandbox's pipes", e));
         }
         for p in pfds.iter().filter(|p| p.revents != 0) {
@@ -439,8 +438,10 @@ pub(crate) fn run(env: &PyEnv, job: &Job<'_>) -> Result<Finished, GuardError> {
             } else {
                 &mut chan
             };
-            sink.read_some(&mut buf)
-                .map_err(|e| GuardError::io("read the sandbox's output", e))?;
+            if let Err(e) = sink.read_some(&mut buf) {
+                abandon(&mut child);
+                return Err(GuardError::io("read the sandbox's output", e));
+            }
         }
     }
     // Pipes closed (or given up on): reap, still within the deadline.
@@ -448,20 +449,28 @@ pub(crate) fn run(env: &PyEnv, job: &Job<'_>) -> Result<Finished, GuardError> {
         match child.try_wait() {
             Ok(Some(s)) => break s,
             Ok(None) => {}
-            Err(e) => return Err(GuardError::io("wait for bubblewrap", e)),
+            Err(e) => {
+                abandon(&mut child);
+                return Err(GuardError::io("wait for bubblewrap", e));
+            }
         }
         if !timed_out && Instant::now() >= deadline {
             kill(&mut child);
             timed_out = true;
         }
         if timed_out {
-            break child
-                .wait()
-                .map_err(|e| GuardError::io("wait for bubblewrap", e))?;
+            match child.wait() {
+                Ok(s) => break s,
+                Err(e) => {
+                    super::reap::finished(child.id());
+                    return Err(GuardError::io("wait for bubblewrap", e));
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(2));
     };
     let elapsed = start.elapsed();
+    super::reap::finished(child.id());
     drop(mount_point);
     Ok(Finished {
         status,
@@ -471,6 +480,13 @@ pub(crate) fn run(env: &PyEnv, job: &Job<'_>) -> Result<Finished, GuardError> {
         channel: chan.finish(),
         elapsed,
     })
+}
+
+/// On an error: kill and reap bwrap, so no process or zombie outlives the run.
+fn abandon(child: &mut std::process::Child) {
+    kill(child);
+    let _ = child.wait();
+    super::reap::finished(child.id());
 }
 
 /// SIGKILL bwrap; `--die-with-parent` and the pid namespace take everything inside with it.
