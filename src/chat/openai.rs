@@ -5,6 +5,24 @@
 //! `Retry-After`, rotating through the configured base URLs; only when they persist does the
 //! caller see an [`LlmError`], which stops the build. The URL and the API key never leave this
 //! module: keys and records name the model, not where it was served.
+//!
+//! What a server can send is bounded and classified before anything is believed:
+//!
+//! * **Size.** A body is read up to [`reply_bound`] of the request's `max_tokens` (64 KiB +
+//!   256 bytes a token: far more than any tokenizer's longest token, JSON-escaped), error
+//!   bodies up to 4 KiB, listings up to 4 MiB. More is a server fault — an infrastructure
+//!   error, never stored — and an endless body ends at the bound, not at the timeout.
+//! * **Shape.** The reply's text is the message's `content`: a string (even empty: the model
+//!   said nothing) or a list of text parts. A `refusal` with no content is the model's answer
+//!   (the guards fail it: there is no code). `null` content with neither, a tool call (pipe
+//!   offers no tools), an `{"error": …}` body sent with status 200 (its own message kept), no
+//!   `choices` or no `message`: the server did not answer, so they are infrastructure errors,
+//!   retried and then stopping the build — never a failed attempt.
+//! * **Stalls.** A request that times out is followed by a quick liveness probe (`/v1/models`,
+//!   at most [`PROBE_TIMEOUT`]): a server that answers it is merely slow and the request is
+//!   retried; one that does not is dead, and the build stops at once. A server that accepts
+//!   connections and never answers therefore costs one `request_timeout_s` plus the probe,
+//!   not every retry's timeout and backoff.
 
 use super::{ChatModel, ChatReply, ChatRequest, LlmError};
 use backon::BackoffBuilder;
@@ -32,10 +50,26 @@ pub struct OpenAiConfig {
 /// The longest wait between two tries, whatever `Retry-After` asks for.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How long a liveness or identity probe (`/v1/models`) may take: any healthy server answers
+/// it at once, busy generating or not.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest chat completion body accepted for a request of `max_tokens`.
+pub fn reply_bound(max_tokens: u32) -> usize {
+    (64 << 10) + 256 * max_tokens as usize
+}
+
+/// The largest error body read (its start is quoted in the error).
+const ERROR_BODY_BOUND: usize = 4 << 10;
+/// The largest model listing read (`/v1/models`, `/api/tags`).
+const LISTING_BOUND: usize = 4 << 20;
+
 /// A client for one model on one or more servers.
 pub struct OpenAi {
     cfg: OpenAiConfig,
     http: reqwest::blocking::Client,
+    /// The same, with [`PROBE_TIMEOUT`], for `/v1/models` and `/api/tags`.
+    probe: reqwest::blocking::Client,
     next: AtomicUsize,
 }
 
@@ -45,7 +79,10 @@ enum Failure {
         why: String,
         after: Option<Duration>,
     },
+    /// The server will not accept this request (4xx): retrying cannot help.
     Fatal(String),
+    /// The server stopped answering altogether: retrying would only wait out more timeouts.
+    Dead(String),
 }
 
 impl OpenAi {
@@ -54,14 +91,17 @@ impl OpenAi {
         if cfg.base_urls.is_empty() {
             return Err(LlmError::Setup("an openai model needs `base_urls`".into()));
         }
-        let http = reqwest::blocking::Client::builder()
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
-            .build()
-            .map_err(|e| LlmError::Setup(format!("HTTP client: {e}")))?;
+        let client = |timeout: Duration| {
+            reqwest::blocking::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(10)))
+                .build()
+                .map_err(|e| LlmError::Setup(format!("HTTP client: {e}")))
+        };
         Ok(OpenAi {
+            http: client(cfg.timeout)?,
+            probe: client(cfg.timeout.min(PROBE_TIMEOUT))?,
             cfg,
-            http,
             next: AtomicUsize::new(0),
         })
     }
@@ -115,6 +155,13 @@ impl OpenAi {
                         message,
                     });
                 }
+                Err(Failure::Dead(last)) => {
+                    return Err(LlmError::Unavailable {
+                        server: base.clone(),
+                        attempts: tries,
+                        last,
+                    });
+                }
                 Err(Failure::Retry { why, after }) => {
                     let Some(delay) = delays.next() else {
                         return Err(LlmError::Unavailable {
@@ -141,8 +188,10 @@ impl OpenAi {
     pub fn identity(&self) -> Result<Value, LlmError> {
         let name = self.cfg.model.clone();
         let (models, _) = self.with_retries(|base| {
-            let resp = self.authed(self.http.get(Self::url(base, "models"))).send();
-            read_json(resp)
+            let resp = self
+                .authed(self.probe.get(Self::url(base, "models")))
+                .send();
+            read_json(resp, LISTING_BOUND)
         })?;
         let data = models["data"].as_array().cloned().unwrap_or_default();
         let entry = data
@@ -160,11 +209,12 @@ impl OpenAi {
         // simply "no digest".
         let base = &self.cfg.base_urls[0];
         let tags = self
-            .authed(self.http.get(format!("{}/api/tags", Self::root(base))))
+            .authed(self.probe.get(format!("{}/api/tags", Self::root(base))))
             .send()
             .ok()
             .filter(|r| r.status().is_success())
-            .and_then(|r| r.json::<Value>().ok());
+            .and_then(|r| read_bounded(r, LISTING_BOUND).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
         let digest = tags.and_then(|t| {
             t["models"].as_array()?.iter().find_map(|m| {
                 let n = m["name"].as_str()?;
@@ -174,11 +224,52 @@ impl OpenAi {
         });
         Ok(json!({"name": name, "digest": digest}))
     }
+
+    /// After a request to `base` timed out: is the server there at all? Any HTTP answer to
+    /// `/v1/models` within [`PROBE_TIMEOUT`] (even a 404) says it is.
+    fn alive(&self, base: &str) -> Result<(), String> {
+        match self
+            .authed(self.probe.get(Self::url(base, "models")))
+            .send()
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(describe(&e)),
+        }
+    }
 }
 
-/// Classify a response: JSON on 2xx; retry on transport errors, 408, 429 and 5xx (with
-/// `Retry-After`); give up on other statuses.
-fn read_json(resp: reqwest::Result<reqwest::blocking::Response>) -> Result<Value, Failure> {
+/// Up to `bound` bytes of a body; more is an error naming the bound. A `Content-Length` over
+/// the bound fails before reading anything; an endless body stops at the bound.
+fn read_bounded(resp: reqwest::blocking::Response, bound: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    if let Some(len) = resp.content_length()
+        && len > bound as u64
+    {
+        return Err(format!(
+            "the server announced a body of {len} bytes, more than the {bound} this request \
+             can need"
+        ));
+    }
+    let mut buf = Vec::new();
+    resp.take(bound as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("reading the body: {e}"))?;
+    if buf.len() > bound {
+        return Err(format!(
+            "the server sent more than {bound} bytes, more than this request can need; \
+             nothing of it was kept"
+        ));
+    }
+    Ok(buf)
+}
+
+/// Classify a response: JSON of at most `bound` bytes on 2xx; retry on transport errors, 408,
+/// 429 and 5xx (with `Retry-After`), an oversized body or malformed JSON; give up on other
+/// statuses.
+fn read_json(
+    resp: reqwest::Result<reqwest::blocking::Response>,
+    bound: usize,
+) -> Result<Value, Failure> {
     let resp = resp.map_err(|e| Failure::Retry {
         why: describe(&e),
         after: None,
@@ -192,7 +283,8 @@ fn read_json(resp: reqwest::Result<reqwest::blocking::Response>) -> Result<Value
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(Duration::from_secs_f64);
-        let body: String = resp.text().unwrap_or_default().chars().take(300).collect();
+        let body = read_start(resp, ERROR_BODY_BOUND);
+        let body: String = String::from_utf8_lossy(&body).chars().take(300).collect();
         let msg = format!("HTTP {status}: {}", body.trim());
         return if status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error() {
             Err(Failure::Retry { why: msg, after })
@@ -200,14 +292,91 @@ fn read_json(resp: reqwest::Result<reqwest::blocking::Response>) -> Result<Value
             Err(Failure::Fatal(msg))
         };
     }
-    let bytes = resp.bytes().map_err(|e| Failure::Retry {
-        why: format!("reading the body: {}", describe(&e)),
-        after: None,
-    })?;
+    let bytes = read_bounded(resp, bound).map_err(|why| Failure::Retry { why, after: None })?;
     serde_json::from_slice(&bytes).map_err(|e| Failure::Retry {
         why: format!("malformed JSON ({e}) in {} bytes", bytes.len()),
         after: None,
     })
+}
+
+/// At most the first `bound` bytes of a body (an error's, quoted, never judged).
+fn read_start(resp: reqwest::blocking::Response, bound: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let _ = resp.take(bound as u64).read_to_end(&mut buf);
+    buf
+}
+
+/// The reply's text from a completion, or why the completion is not an answer.
+///
+/// `Ok` is something the model said: `content` as a string (possibly empty), the text parts
+/// of a `content` list, or a `refusal`. Everything else is the server not answering.
+fn answer(v: &mut Value) -> Result<String, String> {
+    if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
+        let msg = err
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| match err {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+        let msg: String = msg.chars().take(300).collect();
+        return Err(format!("the server answered with an error: {msg}"));
+    }
+    let Some(choice) = v["choices"].as_array_mut().and_then(|c| c.first_mut()) else {
+        return Err("the reply has no `choices`".into());
+    };
+    let message = &mut choice["message"];
+    if !message.is_object() {
+        return Err("the reply's first choice has no `message`".into());
+    }
+    // Taken, not copied: a reply may be megabytes.
+    match message["content"].take() {
+        Value::String(s) => return Ok(s),
+        Value::Array(parts) => {
+            let texts: Vec<&str> = parts
+                .iter()
+                .filter(|p| p["type"] == "text")
+                .filter_map(|p| p["text"].as_str())
+                .collect();
+            if !texts.is_empty() {
+                return Ok(texts.concat());
+            }
+        }
+        Value::Null => {}
+        other => {
+            return Err(format!(
+                "the message's `content` is {}, not text",
+                kind_of(&other)
+            ));
+        }
+    }
+    if let Some(refusal) = message["refusal"].as_str() {
+        return Ok(refusal.to_string());
+    }
+    if message["tool_calls"]
+        .as_array()
+        .is_some_and(|c| !c.is_empty())
+    {
+        return Err(
+            "the model answered with a tool call, but pipe offers no tools (check \
+                    the server's chat template)"
+                .into(),
+        );
+    }
+    Err("the message has no content (null) and no refusal: not an answer to judge".into())
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// A reqwest error with its causes, which is where "connection refused" lives.
@@ -241,34 +410,31 @@ impl ChatModel for OpenAi {
         if let Some(seed) = req.seed {
             body["seed"] = json!(seed);
         }
-        let ((v, ms), retried) = self.with_retries(|base| {
+        let bound = reply_bound(req.max_tokens);
+        let ((v, content, ms), retried) = self.with_retries(|base| {
             let t = Instant::now();
             let resp = self
                 .authed(self.http.post(Self::url(base, "chat/completions")))
                 .json(&body)
                 .send();
-            let v = read_json(resp)?;
-            let Some(choice) = v["choices"].as_array().and_then(|c| c.first()) else {
-                return Err(Failure::Retry {
-                    why: "the reply has no `choices`".into(),
-                    after: None,
-                });
-            };
-            if !choice["message"].is_object() {
-                return Err(Failure::Retry {
-                    why: "the reply's first choice has no `message`".into(),
-                    after: None,
-                });
+            if let Err(e) = &resp
+                && e.is_timeout()
+                && let Err(probe) = self.alive(base)
+            {
+                return Err(Failure::Dead(format!(
+                    "{} after {:?}, and a probe of /v1/models failed too ({probe}): the server \
+                     accepts connections but does not answer",
+                    describe(e),
+                    self.cfg.timeout
+                )));
             }
-            Ok((v, t.elapsed().as_millis() as u64))
+            let mut v = read_json(resp, bound)?;
+            let content = answer(&mut v).map_err(|why| Failure::Retry { why, after: None })?;
+            Ok((v, content, t.elapsed().as_millis() as u64))
         })?;
         let choice = &v["choices"][0];
         Ok(ChatReply {
-            // A null content is an empty answer — an attempt the guard rejects, not an outage.
-            content: choice["message"]["content"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
+            content,
             finish_reason: choice["finish_reason"].as_str().map(str::to_string),
             prompt_tokens: v["usage"]["prompt_tokens"].as_u64(),
             completion_tokens: v["usage"]["completion_tokens"].as_u64(),
@@ -293,5 +459,42 @@ mod tests {
             "http://h:1/v1/models"
         );
         assert_eq!(OpenAi::root("http://h:1/v1/"), "http://h:1");
+    }
+
+    fn reply(message: Value) -> Value {
+        json!({"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+    }
+
+    #[test]
+    fn what_counts_as_an_answer() {
+        let ok = |m: Value| answer(&mut reply(m)).unwrap();
+        assert_eq!(ok(json!({"role": "assistant", "content": "hi"})), "hi");
+        assert_eq!(ok(json!({"role": "assistant", "content": ""})), "");
+        assert_eq!(
+            ok(
+                json!({"content": [{"type": "text", "text": "a"}, {"type": "image_url"},
+                                  {"type": "text", "text": "b"}]})
+            ),
+            "ab"
+        );
+        assert_eq!(
+            ok(json!({"content": null, "refusal": "I can't help with that."})),
+            "I can't help with that."
+        );
+        let not = |mut v: Value| answer(&mut v).unwrap_err();
+        assert!(not(reply(json!({"content": null}))).contains("no content"));
+        assert!(not(reply(json!({"role": "assistant"}))).contains("no content"));
+        assert!(not(reply(json!({"content": 42}))).contains("a number"));
+        assert!(not(reply(json!({"content": [{"type": "image_url"}]}))).contains("no content"));
+        assert!(
+            not(reply(json!({"content": null, "tool_calls": [{"id": "1"}]}))).contains("tool call")
+        );
+        assert!(
+            not(json!({"error": {"message": "model is loading", "code": 503}}))
+                .contains("model is loading")
+        );
+        assert!(not(json!({"error": "quota exceeded"})).contains("quota exceeded"));
+        assert!(not(json!({"choices": []})).contains("choices"));
+        assert!(not(json!({"choices": [{"text": "legacy"}]})).contains("message"));
     }
 }

@@ -45,6 +45,11 @@ pub enum Reply {
     Hang(Duration),
     /// A chat completion with this content, after this long.
     Slow(Duration, String),
+    /// A valid completion whose content is `bytes` bytes of code, streamed; with
+    /// `announce`, its `Content-Length` is sent, else the body just ends at close.
+    Huge { bytes: usize, announce: bool },
+    /// A 200 whose body never ends (until the client hangs up).
+    Endless,
 }
 
 /// Tests for the `stack` task that a correct implementation passes.
@@ -221,6 +226,39 @@ fn serve(conn: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>) {
         }
         Reply::Hang(d) => {
             std::thread::sleep(d);
+            return;
+        }
+        Reply::Huge { bytes, announce } => {
+            let full = serde_json::to_string(&completion("@@")).unwrap();
+            let (pre, post) = full.split_once("@@").unwrap();
+            let len = if announce {
+                format!("Content-Length: {}\r\n", pre.len() + bytes + post.len())
+            } else {
+                String::new()
+            };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{len}Connection: close\r\n\r\n"
+            );
+            let line = "x = 1  # filler filler filler filler filler filler filler filler\\n";
+            let chunk = line.repeat(64 * 1024 / line.len());
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(pre.as_bytes());
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if conn.write_all(&chunk.as_bytes()[..n]).is_err() {
+                    return;
+                }
+                left -= n;
+            }
+            let _ = conn.write_all(post.as_bytes());
+            return;
+        }
+        Reply::Endless => {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{\"choices\": [{\"message\": {\"content\": \"";
+            let _ = conn.write_all(head.as_bytes());
+            let chunk = "a".repeat(64 * 1024);
+            while conn.write_all(chunk.as_bytes()).is_ok() {}
             return;
         }
     };
