@@ -244,3 +244,98 @@ fn a_server_that_stops_answering_costs_one_timeout_not_every_retry() {
     assert!(took < Duration::from_secs(15), "took {took:?}");
     assert_eq!(srv.chats().len(), 1, "no retry against a dead server");
 }
+
+/// Characters that must never reach a terminal raw, found in `bytes`.
+fn raw_controls(bytes: &[u8]) -> Vec<char> {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .filter(|&c| {
+            matches!(c, '\u{0}'..='\u{8}' | '\u{b}'..='\u{1f}' | '\u{7f}'..='\u{9f}'
+                        | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+        .collect()
+}
+
+/// Title change, screen clear, a C1 CSI, a carriage return and a bidi override.
+const NASTY: &str = "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}2J\rspoof\u{202e}txt.py";
+/// The same as a Python string literal's body.
+const NASTY_PY: &str = r"\x1b]0;pwned\x07\x1b[2J\x9b2J\rspoof\u202etxt.py";
+
+#[test]
+fn nothing_a_server_model_or_sandbox_wrote_reaches_the_terminal_raw() {
+    // A server whose errors carry escape sequences: the build's log lines and final error.
+    let srv = Server::start(|r: &Request| {
+        if r.is_chat() {
+            Reply::Json(500, json!({"error": NASTY}), vec![])
+        } else {
+            not_found()
+        }
+    });
+    let p = Project::openai(&srv.url, &["stack"], 1, 1, "retries = 1\nbackoff_ms = 50");
+    let o = p.real(&["build", "trial"]).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("pwned"), "the message is still there: {err}");
+    assert_eq!(
+        raw_controls(&o.stderr),
+        Vec::<char>::new(),
+        "build stderr: {err}"
+    );
+    assert_eq!(raw_controls(&o.stdout), Vec::<char>::new());
+
+    // A model whose replies and whose code's test output carry them: show and status.
+    let srv = Server::start(|r: &Request| {
+        if !r.is_chat() {
+            not_found()
+        } else if r.is_tests_step() {
+            Reply::Content(format!("{NASTY}\n{}", py(TESTS)))
+        } else {
+            // The same characters, as Python escapes: the exception's message is printed raw
+            // in pytest's report, so the feedback holds the characters themselves.
+            let evil = format!(
+                "{IMPL}\n\nclass Stack(Stack):\n    def pop(self):\n        raise RuntimeError(\"{NASTY_PY}\")\n"
+            );
+            Reply::Content(py(&evil))
+        }
+    });
+    let p = Project::openai(&srv.url, &["stack"], 1, 0, "retries = 0");
+    assert_ok(&p.real(&["build", "trial"]).output().unwrap());
+    let t = &p.trials("trial")["stack/base/0"];
+    assert_eq!(t["passed"], false, "{t}");
+    let feedback = t["attempts"][1]["verdict"].to_string();
+    assert!(
+        feedback.contains('\u{9b}'),
+        "the sandbox's output holds a C1: {feedback}"
+    );
+    let object = p.stage_ref("trial").unwrap()["manifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for args in [
+        vec!["show", "trial/stack/base/0"],
+        vec!["show", "trial/stack/base/0", "--json"],
+        vec!["show", "trial"],
+        vec!["show", &object[..12]],
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["build", "trial"],
+    ] {
+        let o = p.real(&args).output().unwrap();
+        assert_ok(&o);
+        assert_eq!(
+            raw_controls(&o.stdout),
+            Vec::<char>::new(),
+            "{args:?} stdout"
+        );
+        assert_eq!(
+            raw_controls(&o.stderr),
+            Vec::<char>::new(),
+            "{args:?} stderr"
+        );
+        if args[0] == "show" && args.len() > 2 {
+            // Still JSON, and the same: the escapes are JSON's own.
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert!(v.to_string().contains("pwned"));
+        }
+    }
+}

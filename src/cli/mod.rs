@@ -5,6 +5,7 @@ mod bench;
 mod bench_local;
 mod progress;
 mod render;
+mod term;
 
 use anyhow::{Context as _, Result};
 use args::{Args, Cmd};
@@ -39,6 +40,8 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(render::colour())
+        .fmt_fields(term::log_fields())
         .init();
     match run(args) {
         Ok(Exit::Ok) => ExitCode::SUCCESS,

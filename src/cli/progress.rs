@@ -37,7 +37,7 @@ impl Reporter for Bars {
             .expect("valid template")
             .progress_chars("=> "),
         );
-        pb.set_prefix(stage.to_string());
+        pb.set_prefix(super::term::printable(stage).into_owned());
         pb.set_position((total - todo) as u64);
         self.passed.store(0, Ordering::Relaxed);
         *self.bar.lock().unwrap() = Some(pb);
@@ -56,12 +56,12 @@ impl Reporter for Bars {
         if let Some(pb) = &*self.bar.lock().unwrap() {
             pb.set_length(total);
             pb.set_position(done);
-            pb.set_message(message.to_string());
+            pb.set_message(super::term::printable(message).into_owned());
         }
     }
     fn item_failed(&self, _stage: &str, item: &str, error: &str) {
         if let Some(pb) = &*self.bar.lock().unwrap() {
-            pb.println(format!("failed: {item}: {error}"));
+            pb.println(super::term::printable(&format!("failed: {item}: {error}")).into_owned());
         }
     }
     fn stage_done(&self, _stage: &str) {

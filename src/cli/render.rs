@@ -1,6 +1,8 @@
 //! Everything the CLI prints: results, and errors as `error:` / `caused by:` / `hint:`.
+//! All of it through [`out`] / [`err`], which escape what a model, server or sandbox wrote
+//! (see [`super::term`]).
 
-use super::BadInput;
+use super::{BadInput, term};
 use pipe::engine::StageState;
 use pipe::engine::build::{BuildError, BuildReport};
 use pipe::engine::explain::Explanation;
@@ -13,7 +15,27 @@ use std::process::ExitCode;
 fn out(s: &str) {
     let mut o = std::io::stdout().lock();
     // A closed pipe (`pipe status | head`) is not an error.
-    let _ = writeln!(o, "{s}");
+    let _ = writeln!(o, "{}", term::printable(s));
+}
+
+/// One line on stderr; `label` (`error`, `hint`) in bold red / bold only on a terminal.
+fn err(label: &str, s: &str) {
+    let mut e = std::io::stderr().lock();
+    let text = term::printable(s);
+    if label.is_empty() {
+        let _ = writeln!(e, "{text}");
+    } else if colour() {
+        let code = if label == "error" { "1;31" } else { "1" };
+        let _ = writeln!(e, "\x1b[{code}m{label}:\x1b[0m {text}");
+    } else {
+        let _ = writeln!(e, "{label}: {text}");
+    }
+}
+
+/// Colour on stderr: only on a terminal, and never with `NO_COLOR` set.
+pub fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn items(n: usize) -> String {
@@ -25,31 +47,35 @@ fn items(n: usize) -> String {
 }
 
 fn json(v: &impl serde::Serialize) {
-    out(&serde_json::to_string_pretty(v).expect("serialisable"));
+    out(&term::json_safe(
+        &serde_json::to_string_pretty(v).expect("serialisable"),
+    ));
 }
 
 /// Print an error and choose the exit code: 2 for bad input, 1 otherwise.
 pub fn error(e: &anyhow::Error) -> ExitCode {
     if let Some(b) = e.downcast_ref::<BadInput>() {
-        eprintln!("error: {b}");
+        err("error", &b.to_string());
         return ExitCode::from(2);
     }
     let top = e.to_string();
-    eprintln!("error: {top}");
+    err("error", &top);
     for cause in e.chain().skip(1) {
         // Errors that already quote their source would say it twice.
         let c = cause.to_string();
         if !top.contains(&c) {
-            eprintln!("  caused by: {c}");
+            err("", &format!("  caused by: {c}"));
         }
     }
     if let Some(BuildError::Stage { source, .. }) = e.downcast_ref::<BuildError>() {
         match source.as_ref() {
-            StageError::Unavailable { .. } => eprintln!(
-                "hint: `pipe --synthetic build <target>` runs the engine with deterministic stand-in stages"
+            StageError::Unavailable { .. } => err(
+                "hint",
+                "`pipe --synthetic build <target>` runs the engine with deterministic stand-in stages",
             ),
-            StageError::Infra(_) => eprintln!(
-                "hint: nothing was recorded for this item; fix the model server (or the local model file) and rerun to resume"
+            StageError::Infra(_) => err(
+                "hint",
+                "nothing was recorded for this item; fix the model server (or the local model file) and rerun to resume",
             ),
             _ => {}
         }
