@@ -61,7 +61,7 @@ impl Reporter for Bars {
     }
     fn item_failed(&self, _stage: &str, item: &str, error: &str) {
         if let Some(pb) = &*self.bar.lock().unwrap() {
-            pb.println(super::term::printable(&format!("failed: {item}: {error}")).into_owned());
+            pb.println(super::term::printable(&format!("failed: {item}: {error}")));
         }
     }
     fn stage_done(&self, _stage: &str) {
