@@ -30,6 +30,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod convert;
 pub mod engine;
 pub mod guard;
 pub mod inspect;

@@ -465,6 +465,16 @@ fn validate(cfg: &Config, err: &ErrAt<'_>) -> Result<(), ConfigError> {
     if let Some((key, why)) = bad_train {
         return Err(err(None, key.into(), why.into()));
     }
+    if crate::convert::Quantization::parse(&cfg.convert.quantization).is_none() {
+        return Err(err(
+            None,
+            "convert.quantization".into(),
+            format!(
+                "{:?} is not one pipe writes: \"q4_k_m\" (llama.cpp's Q4_K_M mix) or \"f16\"",
+                cfg.convert.quantization
+            ),
+        ));
+    }
     Ok(())
 }
 

@@ -17,6 +17,7 @@
 //! the store ([`crate::workflow`], [`crate::samples`], [`crate::report`], …); a stage file
 //! declares keys and items, reads its inputs as typed data, calls the library, writes outputs.
 
+pub mod convert;
 pub mod extract;
 pub mod format;
 pub mod report;
@@ -133,10 +134,6 @@ fn one(id: &str, ingredients: Value) -> Vec<Item> {
     vec![Item::new(id, ingredients)]
 }
 
-fn unavailable(stage: &'static str, note: &'static str) -> StageError {
-    StageError::Unavailable { stage, note }
-}
-
 /// The stages that ask a model, and whose arms: a build of them asks those arms' servers who
 /// they serve before anything is keyed.
 const ASKS_MODELS: [(&str, &[Role]); 2] =
@@ -236,17 +233,9 @@ pub fn pipeline(mode: Mode, rt: Arc<Runtime>) -> Pipeline {
             rt: Arc::clone(&rt),
             synthetic: (!real).then_some(synthetic::derive as RunFn),
         }),
-        Box::new(Declared {
-            name: "convert",
-            version: 1,
-            deps: &["train"],
-            params: |cx| json!({"convert": cx.loaded.config.convert}),
-            items: |_| one("gguf", json!({})),
-            synthetic: !real,
-            run: pick(
-                |_| Err(unavailable("convert", "GGUF conversion: not yet filed")),
-                synthetic::derive,
-            ),
+        Box::new(convert::ConvertStage {
+            rt: Arc::clone(&rt),
+            synthetic: (!real).then_some(synthetic::derive as RunFn),
         }),
         Box::new(TrialStage {
             name: "eval",
@@ -255,7 +244,7 @@ pub fn pipeline(mode: Mode, rt: Arc<Runtime>) -> Pipeline {
             role: Role::Finetuned,
             rt: Arc::clone(&rt),
             synthetic: (!real).then_some(synthetic::trial as RunFn),
-            pending: Some("needs the fine-tuned model from train and convert: not yet filed"),
+            pending: Some("the fine-tuned arm's trials: not built yet"),
         }),
         Box::new(Declared {
             name: "report",

@@ -229,6 +229,26 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// The GGUF file of local model `name`, the base a merge starts from.
+    pub fn local_gguf(&self, loaded: &Loaded, name: &str) -> Result<PathBuf, String> {
+        let spec = loaded
+            .config
+            .models
+            .get(name)
+            .ok_or_else(|| format!("no model `{name}`"))?;
+        match local_files(loaded, spec)?.source {
+            Source::Gguf(p) => Ok(p),
+            Source::HfDir(d) => Err(format!(
+                "merging into a Hugging Face checkpoint ({}) is not built: the merged GGUF needs \
+                 the tokenizer and template metadata a GGUF base carries; fine-tune the model's \
+                 GGUF (`gguf` or `ollama` under [models.{name}]) to get merged models",
+                d.display()
+            )),
+        }
+    }
+}
+
 /// Why a local model given by Ollama name or Hugging Face directory cannot run yet.
 /// A local model's files: what to load, and what to hash for its identity.
 struct LocalFiles {

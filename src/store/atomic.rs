@@ -31,7 +31,7 @@ pub struct Writer {
 impl Writer {
     /// A unique temp path: `<tag>-<counter>.tmp`, where the tag names host, pid and start time
     /// so that [`reap_tmp`] can tell an orphan from a live writer's file.
-    fn tmp_path(&self) -> PathBuf {
+    pub(crate) fn tmp_path(&self) -> PathBuf {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         self.tmp_dir.join(format!("{}-{n}.tmp", self.tag))
     }
@@ -74,6 +74,16 @@ impl Writer {
             }
         }
         crate::failpoint("atomic:synced");
+        self.place(tmp, dest, mode)
+    }
+
+    /// Move a finished, synced temp file into place (see [`Mode`]), then make the directory
+    /// entry durable. The second half of every write, also of a streamed object's.
+    pub(crate) fn place(&self, tmp: &Path, dest: &Path, mode: Mode) -> Result<bool, StoreError> {
+        let io = |source| StoreError::Io {
+            path: dest.to_path_buf(),
+            source,
+        };
         let created = match mode {
             Mode::Replace => {
                 fs::rename(tmp, dest).map_err(io)?;

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -439,6 +440,79 @@ impl Store {
         Ok(id)
     }
 
+    /// Put an object written by `fill` as a stream: hashed while it is written to a temp file,
+    /// never held in memory, then moved into place under its hash (a multi-GB model goes
+    /// through here). An error from `fill` leaves nothing behind.
+    pub fn put_stream<T, E: From<StoreError>>(
+        &self,
+        fill: impl FnOnce(&mut dyn Write) -> Result<T, E>,
+    ) -> Result<(Hash, T), E> {
+        let tmp = self.writer.tmp_path();
+        let result = self.put_stream_inner(&tmp, fill);
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn put_stream_inner<T, E: From<StoreError>>(
+        &self,
+        tmp: &Path,
+        fill: impl FnOnce(&mut dyn Write) -> Result<T, E>,
+    ) -> Result<(Hash, T), E> {
+        let io = |source| StoreError::Io {
+            path: tmp.to_path_buf(),
+            source,
+        };
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp)
+            .map_err(io)?;
+        let mut w = Hashing {
+            inner: std::io::BufWriter::with_capacity(1 << 20, file),
+            hasher: blake3::Hasher::new(),
+        };
+        let value = fill(&mut w)?;
+        let file = w.inner.into_inner().map_err(|e| io(e.into_error()))?;
+        if self.writer.fsync {
+            file.sync_all().map_err(io)?;
+        }
+        drop(file);
+        let id = Hash(*w.hasher.finalize().as_bytes());
+        let path = self.object_path(&id);
+        if path.exists() {
+            let _ = fs::remove_file(tmp);
+            self.touch(&path);
+        } else {
+            self.writer.place(tmp, &path, Mode::Replace)?;
+        }
+        Ok((id, value))
+    }
+
+    /// The path of an object after checking, as a stream, that its bytes hash to its name: a
+    /// large artifact is handed out as a file, never read into memory.
+    pub fn object_file(&self, id: &Hash) -> Result<PathBuf, StoreError> {
+        let path = self.object_path(id);
+        let mut f = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::MissingObject(*id));
+            }
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        let mut h = blake3::Hasher::new();
+        h.update_reader(&mut f).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let actual = Hash(*h.finalize().as_bytes());
+        if actual != *id {
+            return Err(StoreError::CorruptObject { id: *id, actual });
+        }
+        Ok(path)
+    }
+
     /// Put a JSON value in its canonical form.
     pub fn put_json(&self, v: &Value) -> Result<Hash, StoreError> {
         self.put(crate::key::canonical(v).as_bytes())
@@ -664,6 +738,23 @@ impl Store {
     /// Read and verify a manifest object.
     pub fn manifest(&self, id: &Hash) -> Result<Manifest, StoreError> {
         Manifest::decode(&self.get(id)?)
+    }
+}
+
+/// A writer that hashes what it writes.
+struct Hashing<W: Write> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
