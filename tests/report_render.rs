@@ -686,7 +686,9 @@ fn training_says_how_much_it_learned_from_or_why_it_did_not_train() {
     let r = render(&inp);
     let md = text(&r, "report.md");
     assert!(
-        md.contains("No adapter was trained: extract kept no sample."),
+        md.contains(
+            "No adapter was trained: extract kept no sample. So there is no fine-tuned model"
+        ),
         "{md}"
     );
     let html = text(&r, "report.html");

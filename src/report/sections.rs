@@ -841,7 +841,8 @@ fn training(tr: &super::Training) -> Section {
             id: "sec-training",
             title: "Training loss".into(),
             blocks: vec![Block::Para(vec![t(format!(
-                "No adapter was trained: {why}."
+                "No adapter was trained: {why}. So there is no fine-tuned model, and the \
+                 fine-tuned arm was not run: its cells are empty."
             ))])],
         };
     }

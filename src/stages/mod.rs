@@ -239,12 +239,14 @@ pub fn pipeline(mode: Mode, rt: Arc<Runtime>) -> Pipeline {
         }),
         Box::new(TrialStage {
             name: "eval",
-            version: 1,
-            deps: &["convert"],
+            // 2: the fine-tuned model is the base with train's adapter.
+            version: 2,
+            // The adapter, unmerged (see Runtime::finetuned): convert's files are for people.
+            deps: &["train"],
             role: Role::Finetuned,
             rt: Arc::clone(&rt),
             synthetic: (!real).then_some(synthetic::trial as RunFn),
-            pending: Some("the fine-tuned arm's trials: not built yet"),
+            pending: None,
         }),
         Box::new(Declared {
             name: "report",
@@ -252,7 +254,7 @@ pub fn pipeline(mode: Mode, rt: Arc<Runtime>) -> Pipeline {
             // Without a fine-tuned arm the experiment is a baseline study: the report needs
             // only the trials (and what extract would keep for training).
             deps: if rt.finetune() {
-                &["trial", "extract", "train", "eval"]
+                &["trial", "extract", "train", "convert", "eval"]
             } else {
                 &["trial", "extract"]
             },

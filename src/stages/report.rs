@@ -46,8 +46,14 @@ fn row(stage: &str, e: &ManifestEntry) -> Result<TrialRow, StageError> {
 }
 
 /// The trial rows of a `trial` or `eval` manifest: summaries only, no transcript is read.
+/// An `eval` item that was not run (no adapter) is no row: the arm has no trials, and the
+/// training section says why.
 pub fn rows(stage: &str, m: &Manifest) -> Result<Vec<TrialRow>, StageError> {
-    m.entries.iter().map(|e| row(stage, e)).collect()
+    m.entries
+        .iter()
+        .filter(|e| stage != "eval" || crate::engine::summary::<super::trial::NotRun>(e).is_err())
+        .map(|e| row(stage, e))
+        .collect()
 }
 
 /// What the report is built from, read from the upstream manifests.

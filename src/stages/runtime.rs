@@ -230,6 +230,49 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// Model `name` as the fine-tuned arm asks it: a local model gets the adapter `train`
+    /// made (`adapter` names it; `files` writes its PEFT files into a directory, called only
+    /// the first time), applied unmerged to the very base file the base arm ran — so the two
+    /// arms differ by the adapter alone, not by a merge's re-quantisation. A model served over
+    /// HTTP is asked as configured: serving the fine-tuned model there (llama.cpp's `--lora`
+    /// with convert's adapter GGUF, or the Ollama model `pipe` registers) is the server's part.
+    pub fn finetuned(
+        &self,
+        loaded: &Loaded,
+        name: &str,
+        adapter: &str,
+        files: impl FnOnce(&Path) -> Result<(), String>,
+    ) -> Result<Arc<dyn ChatModel>, String> {
+        let spec = loaded
+            .config
+            .models
+            .get(name)
+            .ok_or_else(|| format!("no model `{name}`"))?;
+        if *spec.backend.get_ref() != Backend::Local {
+            return self.model(loaded, name);
+        }
+        let cache_key = format!("{name}+adapter:{adapter}");
+        let mut clients = self.clients.lock().unwrap();
+        if let Some(c) = clients.get(&cache_key) {
+            return Ok(Arc::clone(c));
+        }
+        let local = local_files(loaded, spec)?;
+        if local.adapter.is_some() {
+            return Err(format!(
+                "model `{name}` carries an adapter of its own; the fine-tuned arm adds the one \
+                 train made: name its base model in the arm"
+            ));
+        }
+        let dir = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
+        files(dir.path())?;
+        // The adapter is read and applied while opening; the directory can go after.
+        let m =
+            LocalModel::open(&local.source, Some((dir.path(), 1.0))).map_err(|e| e.to_string())?;
+        let client: Arc<dyn ChatModel> = Arc::new(m);
+        clients.insert(cache_key, Arc::clone(&client));
+        Ok(client)
+    }
+
     /// The GGUF file of local model `name`, the base a merge starts from.
     pub fn local_gguf(&self, loaded: &Loaded, name: &str) -> Result<PathBuf, String> {
         let spec = loaded

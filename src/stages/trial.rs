@@ -6,15 +6,26 @@ use super::trial_seed;
 use crate::config::{Loaded, Role};
 use crate::engine::{Context, Item, Job, Outputs, Shared, Stage, StageError};
 use crate::guard::Limits;
+use crate::model::lora::{PEFT_CONFIG, PEFT_WEIGHTS};
 use crate::workflow::prompts::Prompts;
 use crate::workflow::{TrialError, TrialId, TrialSetup};
 use rayon::prelude::*;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The name of a trial's output: its transcript (a [`crate::workflow::TrialRecord`]).
 pub const TRANSCRIPT: &str = "trial";
+
+/// An `eval` item's summary when there is no fine-tuned model to ask (train had nothing to
+/// train on): why, and no transcript. The report says the fine-tuned arm is missing and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotRun {
+    /// Why the trial was not run.
+    pub not_run: String,
+}
 
 /// A stage that maps the workflow over task × arm (of one role) × index.
 pub struct TrialStage {
@@ -122,9 +133,32 @@ fn run_trial(rt: &Runtime, job: &Job<'_>) -> Result<Outputs, StageError> {
         .arms
         .get(&id.arm)
         .ok_or_else(|| StageError::Failed(format!("no arm {:?}", id.arm)))?;
-    let model = rt
-        .model(l, arm.model.get_ref())
-        .map_err(StageError::Infra)?;
+    let name = arm.model.get_ref();
+    let model = if job.stage == "eval" {
+        let train = job
+            .manifest("train")?
+            .entries
+            .first()
+            .ok_or_else(|| StageError::Failed("train has no output".into()))?;
+        let peft = [PEFT_CONFIG, PEFT_WEIGHTS].map(|n| train.outputs.get(n).map(|id| (n, *id)));
+        let [Some(config), Some(weights)] = peft else {
+            let not_run = NotRun {
+                not_run: "train made no adapter: there is no fine-tuned model to ask".into(),
+            };
+            return Ok(Outputs::new(BTreeMap::new(), &not_run));
+        };
+        let adapter = format!("{}{}", config.1.short(), weights.1.short());
+        rt.finetuned(l, name, &adapter, |dir| {
+            for (file, id) in [config, weights] {
+                let bytes = job.store.get(&id).map_err(|e| e.to_string())?;
+                std::fs::write(dir.join(file), bytes).map_err(|e| format!("{file}: {e}"))?;
+            }
+            Ok(())
+        })
+        .map_err(StageError::Infra)?
+    } else {
+        rt.model(l, name).map_err(StageError::Infra)?
+    };
     let env = rt.pyenv().map_err(StageError::Infra)?;
     let limits = limits(l);
     let prompts = Prompts::builtin();

@@ -1,0 +1,180 @@
+//! The whole experiment for real, small: trials of the base arm from a scripted server (where a
+//! real small model would pass none, leaving nothing to train on), extract and format, LoRA
+//! training of SmolLM2 in process, convert (adapter GGUF, merged q4_k_m and f16, Modelfile), eval
+//! of the fine-tuned arm (SmolLM2 with the adapter), and the report with both arms and the
+//! loss chart. Killed at random moments and rerun, it completes without redoing finished work;
+//! a rerun of a finished build computes nothing.
+
+mod common;
+
+use common::scripted::{IMPL, Reply, Request, Server, not_found, py};
+use common::{Project, Rng, assert_ok};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// Tests for `stack` that differ per trial (so extract keeps one sample each).
+fn tests_reply(n: u64) -> String {
+    py(&format!(
+        "import pytest\nfrom implementation import Stack\n\n\ndef test_push_pop_{n}():\n    s = Stack()\n    s.push({n})\n    assert s.pop() == {n}\n\n\ndef test_empty_{n}():\n    s = Stack()\n    assert s.is_empty()\n    with pytest.raises(IndexError):\n        s.pop()\n"
+    ))
+}
+
+fn passing_server() -> Server {
+    Server::start(|r: &Request| {
+        if !r.is_chat() {
+            not_found()
+        } else if r.is_tests_step() {
+            Reply::Content(tests_reply(r.body["seed"].as_u64().unwrap() % 100_000))
+        } else {
+            Reply::Content(py(IMPL))
+        }
+    })
+}
+
+/// Base arm on the scripted server; SmolLM2 in process is trained and is the fine-tuned arm.
+fn project(url: &str) -> Project {
+    let p = Project::openai(url, &["stack"], 4, 0, "");
+    let gguf = common::model(common::SMOLLM2);
+    p.add(
+        "models.s",
+        &format!(
+            "{{ backend = \"local\", gguf = {:?}, threads = 2 }}",
+            gguf.to_str().unwrap()
+        ),
+    );
+    p.add("train.model", "\"s\"");
+    p.set("arms.finetuned.model", "\"s\"");
+    p.set("train.epochs", "1");
+    p.set("train.batch_size", "1");
+    p.set("train.max_seq_len", "768");
+    p.set("train.val_fraction", "0.25");
+    p.add("train.checkpoint_s", "0");
+    p.set("sampling.max_tokens", "64");
+    p
+}
+
+fn build(p: &Project) -> std::process::Output {
+    p.real(&["build", "report", "--jobs", "2"])
+        .output()
+        .unwrap()
+}
+
+fn show(p: &Project, what: &str) -> Value {
+    let o = p.real(&["show", what, "--json"]).output().unwrap();
+    assert_ok(&o);
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn check_finished(p: &Project) {
+    let convert = show(p, "convert/gguf");
+    let outputs = convert["outputs"].as_object().unwrap();
+    for name in [
+        "adapter.gguf",
+        "model-q4_k_m.gguf",
+        "model-f16.gguf",
+        "Modelfile",
+        "convert.json",
+    ] {
+        assert!(outputs.contains_key(name), "{name}: {convert}");
+    }
+    let rec = &outputs["convert.json"]["content"];
+    assert_eq!(rec["skipped"], Value::Null, "{rec}");
+    assert_eq!(
+        rec["files"]["model-q4_k_m.gguf"]["merge"]["merged"],
+        30 * 7,
+        "{rec}"
+    );
+    // Both arms in the report, with the training curve.
+    let html = std::fs::read_to_string(p.path("reports/report.html")).unwrap();
+    assert!(html.contains("chart-loss"), "the loss chart");
+    let trials: Vec<Value> = std::fs::read_to_string(p.path("reports/trials.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for arm in ["base", "finetuned"] {
+        let n = trials.iter().filter(|t| t["arm"] == arm).count();
+        assert_eq!(n, 4, "{arm} trials in the report");
+    }
+    let v = p.real(&["verify"]).output().unwrap();
+    assert_ok(&v);
+}
+
+#[test]
+fn the_whole_experiment_builds_resumes_after_kills_and_reruns_as_a_no_op() {
+    let srv = passing_server();
+    let p = project(&srv.url);
+    let t = Instant::now();
+    assert_ok(&build(&p));
+    let whole = t.elapsed();
+    check_finished(&p);
+    let again = build(&p);
+    assert_ok(&again);
+    let out = String::from_utf8_lossy(&again.stdout);
+    for stage in [
+        "trial", "extract", "format", "train", "convert", "eval", "report",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(stage) && l.contains("up to date")),
+            "a rerun computes nothing: {out}"
+        );
+    }
+
+    // Another store: killed at seeded random moments of the build, then rerun to the end.
+    let k = project(&srv.url);
+    let mut rng = Rng(7);
+    for _ in 0..3 {
+        let mut child = k
+            .real(&["build", "report", "--jobs", "2"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let at = Duration::from_millis(rng.below(whole.as_millis() as u64));
+        std::thread::sleep(at);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_ok(&build(&k));
+    check_finished(&k);
+    // What the uninterrupted build computed, the resumed one computed the same (trials,
+    // samples and training are deterministic; so is the merge of the same adapter).
+    for what in ["train/adapter", "convert/gguf"] {
+        let (a, b) = (show(&p, what), show(&k, what));
+        for name in [
+            "adapter_model.safetensors",
+            "model-q4_k_m.gguf",
+            "adapter.gguf",
+        ] {
+            if let Some(x) = a["outputs"].get(name) {
+                assert_eq!(x["object"], b["outputs"][name]["object"], "{what} {name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn with_nothing_to_train_on_the_report_says_why_the_fine_tuned_arm_is_missing() {
+    // Tests that never parse: no trial passes, extract keeps nothing, train skips.
+    let srv = Server::start(|r: &Request| {
+        if !r.is_chat() {
+            return not_found();
+        }
+        Reply::Content(py("def test_broken(:\n    pass\n"))
+    });
+    let p = project(&srv.url);
+    assert_ok(&build(&p));
+    let convert = show(&p, "convert/gguf");
+    assert!(
+        convert["outputs"]["convert.json"]["content"]["skipped"]
+            .as_str()
+            .unwrap()
+            .contains("no adapter"),
+        "{convert}"
+    );
+    let md = std::fs::read_to_string(p.path("reports/report.md")).unwrap();
+    assert!(md.contains("the fine-tuned arm was not run"), "{md}");
+    let trials = std::fs::read_to_string(p.path("reports/trials.jsonl")).unwrap();
+    assert!(!trials.contains("\"finetuned\""), "no fine-tuned trials");
+}
