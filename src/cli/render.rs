@@ -67,18 +67,13 @@ pub fn error(e: &anyhow::Error) -> ExitCode {
             err("", &format!("  caused by: {c}"));
         }
     }
-    if let Some(BuildError::Stage { source, .. }) = e.downcast_ref::<BuildError>() {
-        match source.as_ref() {
-            StageError::Unavailable { .. } => err(
-                "hint",
-                "`pipe --synthetic build <target>` runs the engine with deterministic stand-in stages",
-            ),
-            StageError::Infra(_) => err(
-                "hint",
-                "nothing was recorded for this item; fix the model server (or the local model file) and rerun to resume",
-            ),
-            _ => {}
-        }
+    if let Some(BuildError::Stage { source, .. }) = e.downcast_ref::<BuildError>()
+        && let StageError::Infra(_) = source.as_ref()
+    {
+        err(
+            "hint",
+            "nothing was recorded for this item; fix the model server (or the local model file) and rerun to resume",
+        );
     }
     ExitCode::from(1)
 }

@@ -157,14 +157,6 @@ pub enum StageError {
     /// The world is broken (a server unreachable): the build stops, nothing is recorded.
     #[error("infrastructure error: {0}")]
     Infra(String),
-    /// This stage is declared (its key and items are real) but its work is not built yet.
-    #[error("stage `{stage}` is not implemented in this version of pipe yet ({note})")]
-    Unavailable {
-        /// The stage.
-        stage: &'static str,
-        /// Where it is tracked.
-        note: &'static str,
-    },
     /// The store failed, or an input object is corrupt.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -1,15 +1,16 @@
 //! ③ The experiment's targets, declared in one place as a DAG:
 //!
 //! ```text
-//! trial ──► extract ──► format ──► train ──► convert ──► eval ──► report
-//!   └──────────┴─────────────────────────┴──────────────────────────▲
+//! trial ──► extract ──► format ──► train ──┬──► convert ──┬──► report
+//!   │          │                      │    └──► eval    ──┤
+//!   └──────────┴──────────────────────┴───────────────────▲
 //! ```
 //!
 //! (An experiment without a fine-tuned arm — a baseline study — reports from `trial` and
 //! `extract` alone.)
 //!
 //! Each declaration fixes what keys the stage (its parameters and items). What a stage *does*
-//! is its run function: the real ones arrive with their issues; the synthetic ones
+//! is its run function: the real one; the synthetic ones
 //! ([`synthetic`]) are small deterministic stand-ins that exercise the engine with the real
 //! keys, items and DAG (tests, benchmarks, and `pipe --synthetic`).
 //!
@@ -198,7 +199,6 @@ pub fn pipeline(mode: Mode, rt: Arc<Runtime>) -> Pipeline {
             role: Role::Baseline,
             rt: Arc::clone(&rt),
             synthetic: (!real).then_some(synthetic::trial as RunFn),
-            pending: None,
         }),
         Box::new(Declared {
             name: "extract",
@@ -246,7 +246,6 @@ pub fn pipeline(mode: Mode, rt: Arc<Runtime>) -> Pipeline {
             role: Role::Finetuned,
             rt: Arc::clone(&rt),
             synthetic: (!real).then_some(synthetic::trial as RunFn),
-            pending: None,
         }),
         Box::new(Declared {
             name: "report",

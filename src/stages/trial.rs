@@ -41,8 +41,6 @@ pub struct TrialStage {
     pub rt: Arc<Runtime>,
     /// The synthetic stand-in, when not real.
     pub synthetic: Option<super::RunFn>,
-    /// Why the real work cannot run yet, if it cannot.
-    pub pending: Option<&'static str>,
 }
 
 /// The guard limits of a config.
@@ -109,12 +107,6 @@ impl Stage for TrialStage {
     fn run(&self, job: &Job<'_>) -> Result<Outputs, StageError> {
         if let Some(f) = self.synthetic {
             return f(job);
-        }
-        if let Some(note) = self.pending {
-            return Err(StageError::Unavailable {
-                stage: self.name,
-                note,
-            });
         }
         run_trial(&self.rt, job)
     }
