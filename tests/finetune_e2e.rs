@@ -100,6 +100,90 @@ fn check_finished(p: &Project) {
     assert_ok(&v);
 }
 
+/// `pipe export dir` copies the model's files out, byte for byte; `pipe export ollama`
+/// uploads the merged q4_k_m to a (scripted) Ollama API under the digest it claims and creates
+/// the model from it.
+fn check_exports(p: &Project) {
+    let dir = p.path("out");
+    let o = p
+        .real(&["export", "dir", dir.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let listed: Vec<String> = serde_json::from_slice(&o.stdout).unwrap();
+    let convert = show(p, "convert/gguf");
+    for name in [
+        "adapter.gguf",
+        "model-q4_k_m.gguf",
+        "model-f16.gguf",
+        "Modelfile",
+    ] {
+        assert!(
+            listed.iter().any(|f| f.ends_with(name)),
+            "{name}: {listed:?}"
+        );
+        let id = convert["outputs"][name]["object"].as_str().unwrap();
+        let stored = std::fs::read(p.path(&format!("store/objects-v1/{}/{id}", &id[..2]))).unwrap();
+        assert!(
+            std::fs::read(dir.join(name)).unwrap() == stored,
+            "{name} copied exactly"
+        );
+    }
+    for name in ["adapter_config.json", "adapter_model.safetensors"] {
+        assert!(dir.join(name).exists(), "{name}");
+    }
+
+    let ollama = Server::start(|r: &Request| {
+        if r.method == "HEAD" {
+            Reply::Json(404, serde_json::json!({}), vec![])
+        } else if r.path.starts_with("/api/blobs/") {
+            Reply::Json(201, serde_json::json!({}), vec![])
+        } else if r.path == "/api/create" {
+            Reply::Json(200, serde_json::json!({"status": "success"}), vec![])
+        } else {
+            not_found()
+        }
+    });
+    let o = p
+        .real(&[
+            "export",
+            "ollama",
+            "tdd-tuned",
+            "--url",
+            &ollama.url,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let reqs = ollama.requests();
+    let upload = reqs
+        .iter()
+        .find(|r| r.method == "POST" && r.path.starts_with("/api/blobs/"))
+        .expect("an upload");
+    let claimed = upload.path.trim_start_matches("/api/blobs/");
+    assert_eq!(
+        claimed, upload.sha256,
+        "the upload has the digest it claims"
+    );
+    assert_eq!(
+        upload.len as u64,
+        std::fs::metadata(dir.join("model-q4_k_m.gguf"))
+            .unwrap()
+            .len()
+    );
+    let create = reqs
+        .iter()
+        .find(|r| r.path == "/api/create")
+        .expect("a create");
+    assert_eq!(create.body["model"], "tdd-tuned");
+    assert_eq!(
+        create.body["files"]["model-q4_k_m.gguf"], claimed,
+        "{}",
+        create.body
+    );
+}
+
 #[test]
 fn the_whole_experiment_builds_resumes_after_kills_and_reruns_as_a_no_op() {
     let srv = passing_server();
@@ -108,6 +192,7 @@ fn the_whole_experiment_builds_resumes_after_kills_and_reruns_as_a_no_op() {
     assert_ok(&build(&p));
     let whole = t.elapsed();
     check_finished(&p);
+    check_exports(&p);
     let again = build(&p);
     assert_ok(&again);
     let out = String::from_utf8_lossy(&again.stdout);

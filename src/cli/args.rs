@@ -46,8 +46,38 @@ pub enum Cmd {
     Verify(Json),
     /// Remove what no target reaches. Safe while other processes build.
     Gc(Gc),
+    /// The fine-tuned model's files: copy them out of the store, or register the merged model
+    /// with a running Ollama.
+    #[command(subcommand)]
+    Export(Export),
     /// Measure no-op status/build on synthetic stores of the experiment's shape, or (--local) the local backend's tokens/s.
     Bench(Bench),
+}
+
+/// `pipe export`.
+#[derive(Debug, Subcommand)]
+pub enum Export {
+    /// Copy the adapter (PEFT files and llama.cpp's GGUF), the merged models and the Ollama
+    /// Modelfile into DIR, each checked against its hash and written atomically.
+    Dir {
+        /// Where to put them (created if missing).
+        dir: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register the merged model (q4_k_m, else the first merged GGUF) as NAME with the Ollama
+    /// server at --url, through its HTTP API: no `ollama` binary needed.
+    Ollama {
+        /// The model name in Ollama (`tdd-finetuned`, `me/tdd:1`).
+        name: String,
+        /// The Ollama server.
+        #[arg(long, env = "OLLAMA_HOST", default_value = "http://127.0.0.1:11434")]
+        url: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `pipe build`.

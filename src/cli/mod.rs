@@ -206,6 +206,41 @@ fn run(args: Args) -> Result<Exit> {
             render::gc(&rep, g.json, g.dry_run);
             Ok(Exit::Ok)
         }
+        Cmd::Export(x) => {
+            let store = open_store(&loaded)?;
+            let files =
+                pipe::stages::convert::deliverables(&store).map_err(|e| anyhow::anyhow!(e))?;
+            match x {
+                args::Export::Dir { dir, json } => {
+                    let mut written = Vec::new();
+                    for (name, id) in &files {
+                        let dest = dir.join(name);
+                        store
+                            .export_object(&dest, id)
+                            .with_context(|| format!("exporting {name}"))?;
+                        written.push(dest);
+                    }
+                    render::copied(&written, *json);
+                }
+                args::Export::Ollama { name, url, json } => {
+                    let merged = files
+                        .iter()
+                        .filter(|(n, _)| n.starts_with("model-") && n.ends_with(".gguf"))
+                        .min_by_key(|(n, _)| !n.contains("q4_k_m"))
+                        .ok_or_else(|| anyhow::anyhow!("convert made no merged model"))?;
+                    let path = store.object_file(&merged.1)?;
+                    let url = if url.contains("://") {
+                        url.clone()
+                    } else {
+                        format!("http://{url}")
+                    };
+                    let blobs =
+                        pipe::convert::ollama::register(&url, name, &[(merged.0.clone(), path)])?;
+                    render::registered(name, &url, &blobs, *json);
+                }
+            }
+            Ok(Exit::Ok)
+        }
         Cmd::Bench(_) => unreachable!("handled above"),
     }
 }

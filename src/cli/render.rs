@@ -139,6 +139,37 @@ pub fn exported(files: &[std::path::PathBuf], as_json: bool) {
     }
 }
 
+/// `pipe export dir`.
+pub fn copied(files: &[std::path::PathBuf], as_json: bool) {
+    if as_json {
+        return json(&files);
+    }
+    for f in files {
+        out(&f.display().to_string());
+    }
+}
+
+/// `pipe export ollama`.
+pub fn registered(name: &str, url: &str, blobs: &[pipe::convert::ollama::Blob], as_json: bool) {
+    if as_json {
+        return json(&serde_json::json!({"model": name, "server": url, "blobs": blobs}));
+    }
+    for b in blobs {
+        let how = if b.uploaded {
+            "uploaded"
+        } else {
+            "already there"
+        };
+        out(&format!(
+            "{} ({} bytes, {}): {how}",
+            b.name, b.bytes, b.digest
+        ));
+    }
+    out(&format!(
+        "registered `{name}` with Ollama at {url}: `ollama run {name}`"
+    ));
+}
+
 /// `pipe status`.
 pub fn status(st: &[StageStatus], as_json: bool) {
     if as_json {

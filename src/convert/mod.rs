@@ -5,6 +5,7 @@
 
 pub mod gguf_out;
 pub mod merge;
+pub mod ollama;
 pub mod quant;
 
 pub use merge::{MergeError, MergeStats, merge_gguf};

@@ -127,6 +127,49 @@ impl Stage for ConvertStage {
     }
 }
 
+/// The fine-tuned model's files as people use them, by file name: train's PEFT adapter and
+/// everything convert wrote but its record. An error says why there are none.
+pub fn deliverables(
+    store: &crate::store::Store,
+) -> Result<Vec<(String, crate::key::Hash)>, String> {
+    let entry = |stage: &str| -> Result<crate::store::ManifestEntry, String> {
+        let r = store
+            .get_ref(stage)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("`{stage}` is not built yet: run `pipe build convert`"))?;
+        let m = store.manifest(&r.manifest).map_err(|e| e.to_string())?;
+        m.entries
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("`{stage}` has no item"))
+    };
+    let convert = entry("convert")?;
+    let mut out: Vec<(String, crate::key::Hash)> = convert
+        .outputs
+        .iter()
+        .filter(|(name, _)| name.as_str() != RECORD)
+        .map(|(n, h)| (n.clone(), *h))
+        .collect();
+    if out.is_empty() {
+        let why = convert
+            .outputs
+            .get(RECORD)
+            .and_then(|id| store.get(id).ok())
+            .and_then(|b| serde_json::from_slice::<ConvertRecord>(&b).ok())
+            .and_then(|r| r.skipped)
+            .unwrap_or_else(|| "convert made no files".into());
+        return Err(format!("there is no fine-tuned model: {why}"));
+    }
+    let train = entry("train")?;
+    for name in [PEFT_CONFIG, PEFT_WEIGHTS] {
+        if let Some(id) = train.outputs.get(name) {
+            out.push((name.to_string(), *id));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 fn failed(what: &str) -> impl Fn(String) -> StageError + '_ {
     move |e| StageError::Failed(format!("{what}: {e}"))
 }

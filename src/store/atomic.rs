@@ -39,8 +39,18 @@ impl Writer {
     /// Write `bytes` to `dest` atomically. Returns `false` when `mode` is `CreateNew` and `dest`
     /// already existed (nothing was changed).
     pub fn write(&self, dest: &Path, bytes: &[u8], mode: Mode) -> Result<bool, StoreError> {
+        self.write_with(dest, mode, |f| f.write_all(bytes))
+    }
+
+    /// Write what `fill` writes to `dest` atomically (a large file streamed in, never held).
+    pub fn write_with(
+        &self,
+        dest: &Path,
+        mode: Mode,
+        fill: impl FnOnce(&mut File) -> io::Result<()>,
+    ) -> Result<bool, StoreError> {
         let tmp = self.tmp_path();
-        let res = self.write_inner(&tmp, dest, bytes, mode);
+        let res = self.write_inner(&tmp, dest, mode, fill);
         if res.is_err() || mode == Mode::CreateNew {
             let _ = fs::remove_file(&tmp);
         }
@@ -51,8 +61,8 @@ impl Writer {
         &self,
         tmp: &Path,
         dest: &Path,
-        bytes: &[u8],
         mode: Mode,
+        fill: impl FnOnce(&mut File) -> io::Result<()>,
     ) -> Result<bool, StoreError> {
         let io = |source| StoreError::Io {
             path: dest.to_path_buf(),
@@ -67,7 +77,7 @@ impl Writer {
                     path: tmp.to_path_buf(),
                     source,
                 })?;
-            f.write_all(bytes).map_err(io)?;
+            fill(&mut f).map_err(io)?;
             crate::failpoint("atomic:written");
             if self.fsync {
                 f.sync_all().map_err(io)?;

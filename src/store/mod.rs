@@ -372,6 +372,47 @@ impl Store {
     /// never crosses filesystems), synced when the store syncs, renamed over it. (A crash can
     /// leave that temp file; nothing reaps the reports directory, which is the user's.)
     pub fn export(&self, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        self.export_with(dest, |f| f.write_all(bytes))
+    }
+
+    /// Copy object `id` to `dest` the same way, streamed and checked against its hash as it
+    /// goes (a multi-GB model is never held in memory, and a corrupt object is never exported).
+    pub fn export_object(&self, dest: &Path, id: &Hash) -> Result<u64, StoreError> {
+        let path = self.object_path(id);
+        let mut src = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::MissingObject(*id));
+            }
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        let mut copied = 0;
+        let mut actual = None;
+        self.export_with(dest, |f| {
+            let mut w = Hashing {
+                inner: f,
+                hasher: blake3::Hasher::new(),
+            };
+            copied = std::io::copy(&mut src, &mut w)?;
+            let h = Hash(*w.hasher.finalize().as_bytes());
+            if h != *id {
+                actual = Some(h);
+                return Err(std::io::Error::other("the object does not match its hash"));
+            }
+            Ok(())
+        })
+        .map_err(|e| match actual {
+            Some(actual) => StoreError::CorruptObject { id: *id, actual },
+            None => e,
+        })?;
+        Ok(copied)
+    }
+
+    fn export_with(
+        &self,
+        dest: &Path,
+        fill: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
         let dir = dest.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             path: dir.to_path_buf(),
@@ -382,7 +423,7 @@ impl Store {
             fsync: self.writer.fsync,
             tag: format!(".{}", self.writer.tag),
         };
-        w.write(dest, bytes, Mode::Replace)?;
+        w.write_with(dest, Mode::Replace, fill)?;
         Ok(())
     }
 

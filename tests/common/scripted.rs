@@ -15,6 +15,9 @@ pub struct Request {
     pub method: String,
     pub path: String,
     pub body: Value,
+    /// The body's length and sha256 (`sha256:<hex>`), whatever it held.
+    pub len: usize,
+    pub sha256: String,
     /// 0-based arrival number among all requests.
     pub n: usize,
 }
@@ -210,6 +213,11 @@ fn serve(conn: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>) {
             method,
             path,
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            len: body.len(),
+            sha256: {
+                use sha2::Digest;
+                format!("sha256:{:x}", sha2::Sha256::digest(&body))
+            },
             n: log.len(),
         };
         log.push(req.clone());
