@@ -226,7 +226,7 @@ fn markdown_numbers_match_the_statistics() {
         row.contains(&format!("{h:+.2} ({})", stats::h_label(h))),
         "{row}"
     );
-    let n = stats::n_per_arm_for_power(5.0 / 12.0, 8.0 / 12.0, 0.05, 0.8).unwrap();
+    let n = stats::n_per_arm_for_fisher_power(5.0 / 12.0, 8.0 / 12.0, 0.05, 0.8, 5000).unwrap();
     assert!(
         row.contains(&format!("| {n} |")),
         "power n {n} not in {row}"
@@ -275,7 +275,8 @@ fn markdown_numbers_match_the_statistics() {
         assert!(md.contains(want), "missing statement: {want}");
     }
     // Power for the hypothesised +5 points over the baseline's 41.7%.
-    let n5 = stats::n_per_arm_for_power(5.0 / 12.0, 5.0 / 12.0 + 0.05, 0.05, 0.8).unwrap();
+    let n5 =
+        stats::n_per_arm_for_fisher_power(5.0 / 12.0, 5.0 / 12.0 + 0.05, 0.05, 0.8, 5000).unwrap();
     assert!(
         md.contains(&format!(
             "| hypothesised +5 over base | 41.7% → 46.7% | {n5} | 12 |"
@@ -457,7 +458,8 @@ fn one_arm_only_still_sizes_the_next_run() {
     let md = text(&r, "report.md");
     assert!(md.contains("Only one arm (base): no comparison"));
     assert!(md.contains("Only one arm: no comparison."));
-    let n5 = stats::n_per_arm_for_power(5.0 / 12.0, 5.0 / 12.0 + 0.05, 0.05, 0.8).unwrap();
+    let n5 =
+        stats::n_per_arm_for_fisher_power(5.0 / 12.0, 5.0 / 12.0 + 0.05, 0.05, 0.8, 5000).unwrap();
     assert!(
         md.contains(&format!(
             "| base | hypothesised +5 over base | 41.7% → 46.7% | {n5} | 12 |"

@@ -8,6 +8,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Wilson interval confidence.
 pub const CONFIDENCE: f64 = 0.95;
+/// The largest sample size per arm the power search considers: beyond it a row says "–".
+pub const MAX_POWER_N: u64 = 5000;
+
 /// Significance level of every test and power computation.
 pub const ALPHA: f64 = 0.05;
 /// Power of the sample-size computations.
@@ -179,7 +182,7 @@ impl Test {
                     b.1 - b.0,
                 )),
                 h: Some(stats::cohens_h(p1, p2)),
-                n_needed: stats::n_per_arm_for_power(p1, p2, ALPHA, POWER),
+                n_needed: stats::n_per_arm_for_fisher_power(p1, p2, ALPHA, POWER, MAX_POWER_N),
             },
             _ => Test {
                 a,
@@ -208,7 +211,7 @@ fn plus5(arm: usize, cell: &Cell) -> Option<Plus5> {
         arm,
         from,
         to,
-        n_needed: stats::n_per_arm_for_power(from, to, ALPHA, POWER),
+        n_needed: stats::n_per_arm_for_fisher_power(from, to, ALPHA, POWER, MAX_POWER_N),
     })
 }
 

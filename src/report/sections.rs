@@ -367,7 +367,7 @@ fn comparisons(a: &Analysis) -> Section {
     }
     if !a.comparisons.is_empty() {
         blocks.push(Block::Para(vec![t(
-            "Stars: * p < 0.05, ** p < 0.01, *** p < 0.001. |h|: negligible < 0.2 ≤ small < 0.5 ≤ medium < 0.8 ≤ large. The last column is the trials per arm a new run would need to detect that row's observed Δ with 80% power at α = 0.05 (– when Δ = 0).",
+            "Stars: * p < 0.05, ** p < 0.01, *** p < 0.001. |h|: negligible < 0.2 ≤ small < 0.5 ≤ medium < 0.8 ≤ large. The last column is the trials per arm a new run would need to detect that row's observed Δ with 80% power at α = 0.05 with this very test (Fisher's, power computed exactly; – when Δ = 0 or above 5,000).",
         )]));
     }
     Section {
@@ -389,7 +389,7 @@ fn conclude(a: &Analysis) -> Section {
 
 fn power(a: &Analysis) -> Section {
     let mut blocks = vec![Block::Para(vec![t(format!(
-        "Trials per arm needed for 80% power at α = {ALPHA} (two-sided), for the observed Δ and for the hypothesised +{:.0} points over the earlier arm's observed overall rate (capped at 100%). \"Now\" is what this run has per arm.",
+        "Trials per arm needed for 80% power at α = {ALPHA} with the report's own two-sided Fisher exact test (power computed exactly over both binomials, not by the normal approximation, which promises far too much near 0% and 100%), for the observed Δ and for the hypothesised +{:.0} points over the earlier arm's observed overall rate (capped at 100%). \"Now\" is what this run has per arm.",
         HYPOTHESISED_GAIN * 100.0
     ))])];
     let head: Vec<String> = [
