@@ -249,7 +249,7 @@ fn markdown_numbers_match_the_statistics() {
         "{md}"
     );
     assert!(md.contains("| lru_cache | 50.0% | 75.0% | 66% | 50% | 4% | 58% |"));
-    assert!(md.contains("| overall | 41.7% | 66.7% | 70% | 57% | 36% | 64 ± 3% |"));
+    assert!(md.contains("| overall (3 tasks) | 41.7% | 66.7% | 74% | 55% | 25% | 62% |"));
     // Durations 5, 6.5, 8, 9.5 s: mean 7.25.
     let mean = format!("{:.1}", 7.25);
     assert!(
@@ -696,4 +696,31 @@ fn training_says_how_much_it_learned_from_or_why_it_did_not_train() {
     let html = text(&r, "report.html");
     parse(&html);
     assert!(!html.contains("chart-loss"), "no curve without training");
+}
+
+#[test]
+fn the_published_overall_is_pooled_over_the_tasks_run() {
+    // stack, lru_cache, template: 14B (88+66+68)/3 = 74, 7B (94+50+20)/3 ≈ 55, 3B ≈ 25.
+    let md = text(&render(&input()), "report.md");
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| overall (3 tasks) |"))
+        .unwrap_or_else(|| panic!("{md}"));
+    assert!(row.ends_with("| 74% | 55% | 25% | 62% |"), "{row}");
+    assert!(md.contains("pooled over the 3 tasks run here"));
+    // All six: the paper's own overall row.
+    let mut all = input();
+    for (id, name) in [
+        ("queue", "Queue"),
+        ("calculator", "Calculator"),
+        ("password", "Password"),
+    ] {
+        all.tasks.push(task(id, name, "easy"));
+    }
+    let md = text(&render(&all), "report.md");
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| overall |") && l.contains("64 ± 3%"))
+        .unwrap_or_else(|| panic!("{md}"));
+    assert!(row.ends_with("| 70% | 57% | 36% | 64 ± 3% |"), "{row}");
 }
