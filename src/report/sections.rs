@@ -565,7 +565,7 @@ fn published_section(a: &Analysis) -> Section {
             " The overall row is the paper's own, over all six tasks.".to_string()
         }
         Some((p, n)) => {
-            row[0] = c_text(&format!(
+            row[0] = c_text(format!(
                 "overall ({n} task{})",
                 if n == 1 { "" } else { "s" }
             ));
