@@ -13,7 +13,8 @@ pub struct Project {
 pub const BIN: &str = env!("CARGO_BIN_EXE_pipe");
 
 impl Project {
-    /// The default pipeline with `trials` per task and arm and a lease TTL in seconds.
+    /// The default pipeline over all six tasks with `trials` per task and arm and a lease TTL
+    /// in seconds.
     pub fn new(trials: u32, lease_ttl_s: f64) -> Project {
         let dir = tempfile::tempdir().unwrap();
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -23,6 +24,9 @@ impl Project {
             .map(|l| {
                 if l.starts_with("trials =") {
                     format!("trials = {trials}")
+                } else if l.starts_with("tasks =") {
+                    // All six, whatever the default runs.
+                    "tasks = [\"stack\", \"queue\", \"calculator\", \"lru_cache\", \"template\", \"password\"]".to_string()
                 } else if l.starts_with("lease_ttl_s =") {
                     format!("lease_ttl_s = {lease_ttl_s}")
                 } else {
