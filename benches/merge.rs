@@ -7,6 +7,10 @@
 
 #![allow(clippy::print_stdout)]
 
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
+
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{Device, Tensor};
 use pipe::convert::{Quantization, merge_gguf};
@@ -15,16 +19,6 @@ use pipe::model::lora::{Adapter, Target};
 use pipe::model::rope::QkOrder;
 use std::path::PathBuf;
 use std::time::Instant;
-
-fn rss_mb(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|k| k.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 fn random(rows: usize, cols: usize, seed: u64, amp: f32) -> Tensor {
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;

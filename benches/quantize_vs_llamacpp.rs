@@ -11,6 +11,10 @@
 
 #![allow(clippy::print_stdout)]
 
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
+
 use pipe::chat::local::LocalModel;
 use pipe::chat::{Message, Role};
 use pipe::convert::{Quantization, merge_gguf};
@@ -29,31 +33,6 @@ rc = llama_cpp.llama_model_quantize(src, dst, p)
 dt = time.perf_counter() - t
 print(rc, dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 "#;
-
-fn softmax(l: &[f32]) -> Vec<f64> {
-    let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let e: Vec<f64> = l.iter().map(|x| (*x as f64 - m).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.into_iter().map(|x| x / s).collect()
-}
-
-fn kl(p: &[f64], q: &[f64]) -> f64 {
-    p.iter()
-        .zip(q)
-        .filter(|(a, _)| **a > 0.0)
-        .map(|(a, b)| a * (a / b.max(1e-30)).ln())
-        .sum()
-}
-
-fn rss_mb(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|k| k.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 fn main() {
     let f16 = PathBuf::from(std::env::var("PIPE_BENCH_F16").expect("PIPE_BENCH_F16: an f16 GGUF"));

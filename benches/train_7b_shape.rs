@@ -7,6 +7,10 @@
 
 #![allow(clippy::print_stdout)]
 
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
+
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::{DType, Device, Tensor};
@@ -18,16 +22,6 @@ use pipe::model::train::net::{LoraSpec, TrainModel};
 use pipe::model::train::trainer;
 use std::sync::Arc;
 use std::time::Instant;
-
-fn rss_mb(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|k| k.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 /// A random Q4_0 projection (out, in): a fixed scale, random codes.
 fn q4(out: usize, inp: usize, seed: &mut u64) -> Linear {

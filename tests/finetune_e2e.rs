@@ -7,48 +7,15 @@
 
 mod common;
 
-use common::scripted::{IMPL, Reply, Request, Server, not_found, py};
+use common::scripted::{Reply, Request, Server, not_found, py};
 use common::{Project, Rng, assert_ok};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-/// Tests for `stack` that differ per trial (so extract keeps one sample each).
-fn tests_reply(n: u64) -> String {
-    py(&format!(
-        "import pytest\nfrom implementation import Stack\n\n\ndef test_push_pop_{n}():\n    s = Stack()\n    s.push({n})\n    assert s.pop() == {n}\n\n\ndef test_empty_{n}():\n    s = Stack()\n    assert s.is_empty()\n    with pytest.raises(IndexError):\n        s.pop()\n"
-    ))
-}
-
-fn passing_server() -> Server {
-    Server::start(|r: &Request| {
-        if !r.is_chat() {
-            not_found()
-        } else if r.is_tests_step() {
-            Reply::Content(tests_reply(r.body["seed"].as_u64().unwrap() % 100_000))
-        } else {
-            Reply::Content(py(IMPL))
-        }
-    })
-}
-
 /// Base arm on the scripted server; SmolLM2 in process is trained and is the fine-tuned arm.
 fn project(url: &str) -> Project {
-    let p = Project::openai(url, &["stack"], 4, 0, "");
-    let gguf = common::model(common::SMOLLM2);
-    p.add(
-        "models.s",
-        &format!(
-            "{{ backend = \"local\", gguf = {:?}, threads = 2 }}",
-            gguf.to_str().unwrap()
-        ),
-    );
-    p.add("train.model", "\"s\"");
+    let p = common::smollm2_training_project(url, 4);
     p.set("arms.finetuned.model", "\"s\"");
-    p.set("train.epochs", "1");
-    p.set("train.batch_size", "1");
-    p.set("train.max_seq_len", "768");
-    p.set("train.val_fraction", "0.25");
-    p.add("train.checkpoint_s", "0");
     p.set("sampling.max_tokens", "64");
     p
 }
@@ -186,7 +153,7 @@ fn check_exports(p: &Project) {
 
 #[test]
 fn the_whole_experiment_builds_resumes_after_kills_and_reruns_as_a_no_op() {
-    let srv = passing_server();
+    let srv = common::passing_stack_server();
     let p = project(&srv.url);
     let t = Instant::now();
     assert_ok(&build(&p));

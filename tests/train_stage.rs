@@ -5,49 +5,16 @@
 
 mod common;
 
-use common::scripted::{IMPL, Reply, Request, Server, not_found, py};
+use common::scripted::{Reply, Request, Server, not_found, py};
 use common::{Project, assert_ok};
 use serde_json::Value;
 
-/// Tests for `stack` that differ per trial (so extract keeps one sample per trial), by the
-/// request's seed: the same trials get the same tests in every store.
-fn tests_reply(n: u64) -> String {
-    py(&format!(
-        "import pytest\nfrom implementation import Stack\n\n\ndef test_push_pop_{n}():\n    s = Stack()\n    s.push({n})\n    assert s.pop() == {n}\n\n\ndef test_empty_{n}():\n    s = Stack()\n    assert s.is_empty()\n    with pytest.raises(IndexError):\n        s.pop()\n"
-    ))
-}
-
 fn passing_server() -> Server {
-    Server::start(|r: &Request| {
-        if !r.is_chat() {
-            return not_found();
-        }
-        if r.is_tests_step() {
-            Reply::Content(tests_reply(r.body["seed"].as_u64().unwrap() % 100_000))
-        } else {
-            Reply::Content(py(IMPL))
-        }
-    })
+    common::passing_stack_server()
 }
 
-/// A project whose trials come from `url` and whose training fine-tunes SmolLM2 in process.
 fn project(url: &str, trials: u32) -> Project {
-    let p = Project::openai(url, &["stack"], trials, 0, "");
-    let gguf = common::model(common::SMOLLM2);
-    p.add(
-        "models.s",
-        &format!(
-            "{{ backend = \"local\", gguf = {:?}, threads = 2 }}",
-            gguf.to_str().unwrap()
-        ),
-    );
-    p.add("train.model", "\"s\"");
-    p.set("train.epochs", "1");
-    p.set("train.batch_size", "1");
-    p.set("train.max_seq_len", "768");
-    p.set("train.val_fraction", "0.25");
-    p.add("train.checkpoint_s", "0");
-    p
+    common::smollm2_training_project(url, trials)
 }
 
 fn build(p: &Project, target: &str, failpoint: Option<&str>) -> std::process::Output {

@@ -131,6 +131,28 @@ fn trial_id(id: &str) -> Result<crate::workflow::TrialId, StageError> {
         .map_err(|e: crate::workflow::BadTrialId| StageError::Failed(e.to_string()))
 }
 
+/// A stage's parameters as keyed: the synthetic stand-in's are marked, so its results never
+/// share a key with the real stage's.
+fn keyed(params: Value, synthetic: bool) -> Value {
+    if synthetic {
+        json!({ "synthetic": params })
+    } else {
+        params
+    }
+}
+
+/// Run the synthetic stand-in when there is one, else the real work.
+fn run_or_synthetic(
+    synthetic: Option<RunFn>,
+    job: &Job<'_>,
+    real: impl FnOnce(&Job<'_>) -> Result<Outputs, StageError>,
+) -> Result<Outputs, StageError> {
+    match synthetic {
+        Some(f) => f(job),
+        None => real(job),
+    }
+}
+
 fn one(id: &str, ingredients: Value) -> Vec<Item> {
     vec![Item::new(id, ingredients)]
 }

@@ -177,11 +177,7 @@ impl Runtime {
         if let Some(c) = clients.get(name) {
             return Ok(Arc::clone(c));
         }
-        let spec = loaded
-            .config
-            .models
-            .get(name)
-            .ok_or_else(|| format!("no model `{name}`"))?;
+        let spec = spec_of(loaded, name)?;
         let client: Arc<dyn ChatModel> = match spec.backend.get_ref() {
             Backend::Openai => {
                 if let Some(e) = self.probe_errors.get(name) {
@@ -206,11 +202,7 @@ impl Runtime {
 impl Runtime {
     /// Model `name` in process, without any adapter: the base that training fine-tunes.
     pub fn local_base(&self, loaded: &Loaded, name: &str) -> Result<LocalModel, String> {
-        let spec = loaded
-            .config
-            .models
-            .get(name)
-            .ok_or_else(|| format!("no model `{name}`"))?;
+        let spec = spec_of(loaded, name)?;
         if *spec.backend.get_ref() != Backend::Local {
             return Err(format!(
                 "training needs the weights of the model it fine-tunes, and `{name}` is served over \
@@ -243,11 +235,7 @@ impl Runtime {
         adapter: &str,
         files: impl FnOnce(&Path) -> Result<(), String>,
     ) -> Result<Arc<dyn ChatModel>, String> {
-        let spec = loaded
-            .config
-            .models
-            .get(name)
-            .ok_or_else(|| format!("no model `{name}`"))?;
+        let spec = spec_of(loaded, name)?;
         if *spec.backend.get_ref() != Backend::Local {
             return self.model(loaded, name);
         }
@@ -275,11 +263,7 @@ impl Runtime {
 
     /// The GGUF file of local model `name`, the base a merge starts from.
     pub fn local_gguf(&self, loaded: &Loaded, name: &str) -> Result<PathBuf, String> {
-        let spec = loaded
-            .config
-            .models
-            .get(name)
-            .ok_or_else(|| format!("no model `{name}`"))?;
+        let spec = spec_of(loaded, name)?;
         match local_files(loaded, spec)?.source {
             Source::Gguf(p) => Ok(p),
             Source::HfDir(d) => Err(format!(
@@ -290,6 +274,15 @@ impl Runtime {
             )),
         }
     }
+}
+
+/// The `[models]` entry `name`.
+fn spec_of<'a>(loaded: &'a Loaded, name: &str) -> Result<&'a ModelSpec, String> {
+    loaded
+        .config
+        .models
+        .get(name)
+        .ok_or_else(|| format!("no model `{name}`"))
 }
 
 /// Why a local model given by Ollama name or Hugging Face directory cannot run yet.

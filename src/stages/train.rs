@@ -136,21 +136,16 @@ impl Stage for TrainStage {
         &["extract", "format"]
     }
     fn params(&self, cx: &Context<'_>) -> Value {
-        let p = super::to_json(&params(&self.rt, cx.loaded));
-        if self.synthetic.is_some() {
-            json!({ "synthetic": p })
-        } else {
-            p
-        }
+        super::keyed(
+            super::to_json(&params(&self.rt, cx.loaded)),
+            self.synthetic.is_some(),
+        )
     }
     fn items(&self, _cx: &Context<'_>) -> Vec<Item> {
         vec![Item::new("adapter", json!({}))]
     }
     fn run(&self, job: &Job<'_>) -> Result<Outputs, StageError> {
-        match self.synthetic {
-            Some(f) => f(job),
-            None => run(&self.rt, job),
-        }
+        super::run_or_synthetic(self.synthetic, job, |job| run(&self.rt, job))
     }
 }
 

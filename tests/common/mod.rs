@@ -624,3 +624,48 @@ pub fn html_ids(html: &str) -> Vec<String> {
         .filter_map(|n| n.attribute("id").map(str::to_string))
         .collect()
 }
+
+/// Tests for `stack` that differ per trial (so extract keeps one sample per trial), by `n`.
+pub fn stack_tests_reply(n: u64) -> String {
+    scripted::py(&format!(
+        "import pytest\nfrom implementation import Stack\n\n\ndef test_push_pop_{n}():\n    s = Stack()\n    s.push({n})\n    assert s.pop() == {n}\n\n\ndef test_empty_{n}():\n    s = Stack()\n    assert s.is_empty()\n    with pytest.raises(IndexError):\n        s.pop()\n"
+    ))
+}
+
+/// A server whose `stack` trials all pass, each with its own tests (by the request's seed: the
+/// same trials get the same tests in every store).
+pub fn passing_stack_server() -> scripted::Server {
+    use scripted::{IMPL, Reply, Request, Server, not_found, py};
+    Server::start(|r: &Request| {
+        if !r.is_chat() {
+            not_found()
+        } else if r.is_tests_step() {
+            Reply::Content(stack_tests_reply(
+                r.body["seed"].as_u64().unwrap() % 100_000,
+            ))
+        } else {
+            Reply::Content(py(IMPL))
+        }
+    })
+}
+
+/// A project whose `stack` trials come from `url` and whose training fine-tunes SmolLM2 (the
+/// local model `s`) in process: one short epoch, a checkpoint at every step.
+pub fn smollm2_training_project(url: &str, trials: u32) -> Project {
+    let p = Project::openai(url, &["stack"], trials, 0, "");
+    let gguf = model(SMOLLM2);
+    p.add(
+        "models.s",
+        &format!(
+            "{{ backend = \"local\", gguf = {:?}, threads = 2 }}",
+            gguf.to_str().unwrap()
+        ),
+    );
+    p.add("train.model", "\"s\"");
+    p.set("train.epochs", "1");
+    p.set("train.batch_size", "1");
+    p.set("train.max_seq_len", "768");
+    p.set("train.val_fraction", "0.25");
+    p.add("train.checkpoint_s", "0");
+    p
+}
