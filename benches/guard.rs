@@ -5,6 +5,10 @@
 //!     cargo bench --bench guard          # needs scripts/setup.sh; PIPE_BENCH_RUNS=20 for more
 #![allow(clippy::print_stdout)]
 
+#[path = "util/mod.rs"]
+mod util;
+use util::env_or;
+
 use pipe::guard::{self, Limits, PyEnv};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -18,10 +22,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let runs: usize = std::env::var("PIPE_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+    let runs: usize = env_or("PIPE_BENCH_RUNS", 10);
     let env = PyEnv::discover(Path::new(env!("CARGO_MANIFEST_DIR"))).expect("run scripts/setup.sh");
     let limits = Limits {
         timeout: Duration::from_secs(30),

@@ -12,6 +12,10 @@
 
 #![allow(clippy::print_stdout)]
 
+#[path = "util/mod.rs"]
+mod util;
+use util::env_or;
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -28,14 +32,8 @@ fn main() {
         std::env::var("PIPE_BENCH_GGUF")
             .unwrap_or_else(|_| "models/SmolLM2-135M-Instruct.Q4_1.gguf".into()),
     );
-    let threads: usize = std::env::var("PIPE_BENCH_THREADS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(1);
-    let reps: usize = std::env::var("PIPE_BENCH_REPS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(3);
+    let threads: usize = env_or("PIPE_BENCH_THREADS", 1);
+    let reps: usize = env_or("PIPE_BENCH_REPS", 3);
     let n_gen = 128;
     // candle sizes its thread pools from the environment, once, on first use.
     // SAFETY: no other thread exists yet.

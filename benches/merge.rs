@@ -7,9 +7,9 @@
 
 #![allow(clippy::print_stdout)]
 
-#[path = "common/mod.rs"]
-mod common;
-use common::*;
+#[path = "util/mod.rs"]
+mod util;
+use util::*;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{Device, Tensor};

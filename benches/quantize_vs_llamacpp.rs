@@ -11,9 +11,9 @@
 
 #![allow(clippy::print_stdout)]
 
-#[path = "common/mod.rs"]
-mod common;
-use common::*;
+#[path = "util/mod.rs"]
+mod util;
+use util::*;
 
 use pipe::chat::local::LocalModel;
 use pipe::chat::{Message, Role};

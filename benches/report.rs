@@ -7,6 +7,10 @@
 
 #![allow(clippy::print_stdout)]
 
+#[path = "util/mod.rs"]
+mod util;
+use util::env_or;
+
 use pipe::report::{ArmInfo, ExtractCounts, ReportInput, TaskInfo, Training, TrialRow, render};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -120,10 +124,7 @@ fn input(total: usize) -> ReportInput {
 }
 
 fn main() {
-    let total: usize = std::env::var("PIPE_BENCH_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let total: usize = env_or("PIPE_BENCH_TRIALS", 10_000);
     let inp = input(total);
     let mut times: Vec<Duration> = Vec::new();
     let mut out = None;

@@ -7,9 +7,9 @@
 
 #![allow(clippy::print_stdout)]
 
-#[path = "common/mod.rs"]
-mod common;
-use common::*;
+#[path = "util/mod.rs"]
+mod util;
+use util::*;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
@@ -42,14 +42,8 @@ fn q4(out: usize, inp: usize, seed: &mut u64) -> Linear {
 }
 
 fn main() {
-    let len: usize = std::env::var("PIPE_BENCH_LEN")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
-    let steps: usize = std::env::var("PIPE_BENCH_STEPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let len: usize = env_or("PIPE_BENCH_LEN", 256);
+    let steps: usize = env_or("PIPE_BENCH_STEPS", 1);
     let (hidden, layers, heads, kv, ffn, vocab) = (3584, 28, 28, 4, 18944, 152064);
     let hd = hidden / heads;
     let config = Config {

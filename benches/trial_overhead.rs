@@ -9,6 +9,10 @@
 
 #![allow(clippy::print_stdout)]
 
+#[path = "util/mod.rs"]
+mod util;
+use util::env_or;
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -18,10 +22,7 @@ use std::time::{Duration, Instant};
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
-    let trials: u32 = std::env::var("PIPE_BENCH_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let trials: u32 = env_or("PIPE_BENCH_TRIALS", 1);
     // One job on one slot: the replay then sees the same prompts in the same order on the same
     // single slot (prompt cache included), so it generates exactly the same tokens.
     let jobs = 1u32;

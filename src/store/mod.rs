@@ -378,14 +378,7 @@ impl Store {
     /// Copy object `id` to `dest` the same way, streamed and checked against its hash as it
     /// goes (a multi-GB model is never held in memory, and a corrupt object is never exported).
     pub fn export_object(&self, dest: &Path, id: &Hash) -> Result<u64, StoreError> {
-        let path = self.object_path(id);
-        let mut src = match fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::MissingObject(*id));
-            }
-            Err(source) => return Err(StoreError::Io { path, source }),
-        };
+        let (_, mut src) = self.open_object(id)?;
         let mut copied = 0;
         let mut actual = None;
         self.export_with(dest, |f| {
@@ -469,16 +462,33 @@ impl Store {
         let id = Hash::of(bytes);
         let path = self.object_path(&id);
         if path.exists() {
-            // Reused: refresh it so a concurrent gc (which keeps fresh files) keeps it, and make
-            // sure its directory entry is durable before any record names it.
-            self.touch(&path);
-            if self.writer.fsync {
-                let _ = atomic::sync_dir(path.parent().unwrap_or(&self.root));
-            }
+            self.reuse(&path);
         } else {
             self.writer.write(&path, bytes, Mode::Replace)?;
         }
         Ok(id)
+    }
+
+    /// An object that is already present is reused: refresh it so a concurrent gc (which keeps
+    /// fresh files) keeps it, and make sure its directory entry is durable before any record
+    /// names it.
+    fn reuse(&self, path: &Path) {
+        self.touch(path);
+        if self.writer.fsync {
+            let _ = atomic::sync_dir(path.parent().unwrap_or(&self.root));
+        }
+    }
+
+    /// Open object `id` for reading (a missing one is [`StoreError::MissingObject`]).
+    fn open_object(&self, id: &Hash) -> Result<(PathBuf, fs::File), StoreError> {
+        let path = self.object_path(id);
+        match fs::File::open(&path) {
+            Ok(f) => Ok((path, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::MissingObject(*id))
+            }
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
     }
 
     /// Put an object written by `fill` as a stream: hashed while it is written to a temp file,
@@ -524,7 +534,7 @@ impl Store {
         let path = self.object_path(&id);
         if path.exists() {
             let _ = fs::remove_file(tmp);
-            self.touch(&path);
+            self.reuse(&path);
         } else {
             self.writer.place(tmp, &path, Mode::Replace)?;
         }
@@ -534,14 +544,7 @@ impl Store {
     /// The path of an object after checking, as a stream, that its bytes hash to its name: a
     /// large artifact is handed out as a file, never read into memory.
     pub fn object_file(&self, id: &Hash) -> Result<PathBuf, StoreError> {
-        let path = self.object_path(id);
-        let mut f = match fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::MissingObject(*id));
-            }
-            Err(source) => return Err(StoreError::Io { path, source }),
-        };
+        let (path, mut f) = self.open_object(id)?;
         let mut h = blake3::Hasher::new();
         h.update_reader(&mut f).map_err(|source| StoreError::Io {
             path: path.clone(),

@@ -1,4 +1,4 @@
-//! Helpers the benchmarks share.
+//! Helpers the benchmarks share (each includes this file with `#[path]`).
 #![allow(dead_code)]
 
 /// A field of /proc/self/status (`VmRSS`, `VmHWM`) in MiB; NaN where there is none.
@@ -27,4 +27,12 @@ pub fn kl(p: &[f64], q: &[f64]) -> f64 {
         .filter(|(a, _)| **a > 0.0)
         .map(|(a, b)| a * (a / b.max(1e-30)).ln())
         .sum()
+}
+
+/// The environment variable `name` parsed as `T`, or `default` when unset or unparsable.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
