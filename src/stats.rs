@@ -12,7 +12,7 @@
 //!
 //! Depends on nothing else of pipe (statrs for distributions).
 
-use statrs::distribution::{ContinuousCDF, Normal};
+use statrs::distribution::{ChiSquared, ContinuousCDF, Normal};
 use statrs::function::factorial::ln_binomial;
 
 /// Relative tolerance when deciding whether another table is "as extreme as" the observed one in
@@ -343,6 +343,83 @@ pub fn n_per_arm_for_fisher_power(
         hi -= 1;
     }
     Some(hi)
+}
+
+/// The Cochran–Mantel–Haenszel test of a common effect over strata (here: tasks), each a 2×2
+/// table `(a, b, c, d)` = (successes, failures) of the first arm, then of the second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cmh {
+    /// The Mantel–Haenszel χ² statistic (1 degree of freedom), with continuity correction.
+    pub chi2: f64,
+    /// Its two-sided p-value.
+    pub p: f64,
+    /// The Mantel–Haenszel common odds ratio (second arm's odds of success over the first's);
+    /// infinite or zero when every stratum points one way with a zero cell.
+    pub odds_ratio: f64,
+}
+
+/// [`Cmh`] over `tables`, as `statsmodels.stats.contingency_tables.StratifiedTable(tables)
+/// .test_null_odds(correction=True)` and `.oddsratio_pooled` compute it, with each table
+/// `[[a, b], [c, d]]`. Strata with fewer than two trials carry no information and are
+/// skipped (statsmodels would divide by zero on them). `None` when no stratum is left or the
+/// variance is zero (every stratum all-pass or all-fail: nothing can differ).
+///
+/// Why beside the pooled Fisher test: tasks differ hugely in base rate, and pooling them
+/// mixes those differences into the comparison (Simpson's paradox when arms differ in how
+/// many trials each task has); CMH compares the arms within each task and then combines.
+pub fn cochran_mantel_haenszel(tables: &[(u64, u64, u64, u64)]) -> Option<Cmh> {
+    let (mut obs, mut exp, mut var) = (0.0, 0.0, 0.0);
+    let (mut or_num, mut or_den) = (0.0, 0.0);
+    let mut any = false;
+    for &(a, b, c, d) in tables {
+        let (a, b, c, d) = (a as f64, b as f64, c as f64, d as f64);
+        let n = a + b + c + d;
+        if n < 2.0 {
+            continue;
+        }
+        any = true;
+        let (r1, r2) = (a + b, c + d);
+        let (c1, c2) = (a + c, b + d);
+        obs += a;
+        exp += r1 * c1 / n;
+        var += r1 * r2 * c1 * c2 / (n * n * (n - 1.0));
+        or_num += a * d / n;
+        or_den += b * c / n;
+    }
+    if !any || var <= 0.0 {
+        return None;
+    }
+    let chi2 = ((obs - exp).abs() - 0.5).max(0.0).powi(2) / var;
+    let p = ChiSquared::new(1.0).ok()?.sf(chi2);
+    // statsmodels' pooled odds ratio is of the first row's odds over the second's; report the
+    // second arm's over the first's, the direction every other effect here takes.
+    let odds_ratio = if or_num == 0.0 && or_den == 0.0 {
+        f64::NAN
+    } else {
+        or_den / or_num
+    };
+    Some(Cmh {
+        chi2,
+        p,
+        odds_ratio,
+    })
+}
+
+/// Holm's step-down adjustment of `p` (any order; the result is in the same order), as
+/// `statsmodels.stats.multitest.multipletests(p, method="holm")[1]`: controls the chance of
+/// any false positive among the family at α without assuming independence.
+pub fn holm(p: &[f64]) -> Vec<f64> {
+    let m = p.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&i, &j| p[i].total_cmp(&p[j]));
+    let mut out = vec![0.0; m];
+    let mut running: f64 = 0.0;
+    for (rank, &i) in order.iter().enumerate() {
+        let adj = ((m - rank) as f64 * p[i]).min(1.0);
+        running = running.max(adj);
+        out[i] = running;
+    }
+    out
 }
 
 /// First quartile, median and third quartile `(q25, median, q75)` of `values`, with linear
@@ -677,5 +754,73 @@ mod tests {
         assert_eq!(quartiles(&[]), None);
         let (a, b, c) = quartiles(&[1.0, f64::NAN]).unwrap();
         assert!(a.is_nan() && b.is_nan() && c.is_nan());
+    }
+
+    /// Pinned from statsmodels 0.14 (`StratifiedTable(tables).test_null_odds(correction=True)`,
+    /// `1 / oddsratio_pooled`), each table `[[a, b], [c, d]]`.
+    #[test]
+    fn cmh_matches_statsmodels() {
+        type Case<'a> = (&'a [(u64, u64, u64, u64)], f64, f64, f64);
+        let cases: [Case; 4] = [
+            (
+                &[(3, 1, 4, 0), (2, 2, 3, 1), (0, 4, 1, 3)],
+                0.9655172413793105,
+                0.325800716285529,
+                7.0,
+            ),
+            (
+                &[(10, 40, 15, 35), (30, 20, 33, 17), (45, 5, 48, 2)],
+                2.038295243977764,
+                0.15338145791404068,
+                1.5789473684210527,
+            ),
+            (
+                &[(0, 8, 3, 5)],
+                1.5384615384615383,
+                0.2148469474056489,
+                f64::INFINITY,
+            ),
+            (
+                &[
+                    (47, 3, 50, 0),
+                    (0, 50, 2, 48),
+                    (25, 25, 30, 20),
+                    (5, 45, 9, 41),
+                ],
+                4.016082573211714,
+                0.04506828117591255,
+                1.99290780141844,
+            ),
+        ];
+        for (tables, chi2, p, or) in cases {
+            let r = cochran_mantel_haenszel(tables).unwrap();
+            assert!(
+                (r.chi2 - chi2).abs() < 1e-12 * chi2.max(1.0),
+                "{tables:?}: {r:?}"
+            );
+            assert!((r.p - p).abs() < 1e-9, "{tables:?}: {r:?}");
+            if or.is_finite() {
+                assert!((r.odds_ratio - or).abs() < 1e-12 * or, "{tables:?}: {r:?}");
+            } else {
+                assert!(r.odds_ratio.is_infinite(), "{tables:?}: {r:?}");
+            }
+        }
+        // Nothing can differ: every stratum all-pass (zero variance), or no stratum at all.
+        assert_eq!(cochran_mantel_haenszel(&[(5, 0, 5, 0), (3, 0, 4, 0)]), None);
+        assert_eq!(cochran_mantel_haenszel(&[]), None);
+        assert_eq!(cochran_mantel_haenszel(&[(1, 0, 0, 0)]), None);
+    }
+
+    /// Pinned from statsmodels 0.14 `multipletests(p, method="holm")[1]`.
+    #[test]
+    fn holm_matches_statsmodels() {
+        let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12);
+        assert!(close(
+            &holm(&[0.01, 0.04, 0.03, 0.2]),
+            &[0.04, 0.09, 0.09, 0.2]
+        ));
+        assert!(close(&holm(&[0.5, 0.001, 0.02]), &[0.5, 0.003, 0.04]));
+        assert!(close(&holm(&[0.04, 0.04]), &[0.08, 0.08]));
+        assert!(holm(&[]).is_empty());
     }
 }

@@ -4,7 +4,8 @@
 //! cells, zero training samples) render without panicking and say what cannot be concluded.
 
 use pipe::report::{
-    ArmInfo, ExtractCounts, Rendered, ReportInput, TaskInfo, Training, TrialRow, render,
+    ArmInfo, AttemptRow, Cause, ExtractCounts, Rendered, ReportInput, TaskInfo, Training, TrialRow,
+    render,
 };
 use pipe::stats;
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,6 +49,9 @@ fn trial(task: &str, arm: &str, index: u32, passed: bool, r: (u32, u32), secs: f
         transcript: blake3::hash(format!("{task}/{arm}/{index}").as_bytes())
             .to_hex()
             .to_string(),
+        cause: (!passed).then_some(Cause::Assertion),
+        truncated: 0,
+        attempts: vec![],
     }
 }
 
@@ -87,6 +91,7 @@ fn input() -> ReportInput {
             val_samples: 4,
             skipped: None,
         }),
+        provenance: None,
     }
 }
 
@@ -218,7 +223,7 @@ fn markdown_numbers_match_the_statistics() {
     let h = stats::cohens_h(5.0 / 12.0, 8.0 / 12.0);
     let row = md
         .lines()
-        .find(|l| l.starts_with("| overall | 5/12 "))
+        .find(|l| l.starts_with("| overall (primary) | 5/12 "))
         .expect("overall comparison");
     assert!(row.contains("+25.0"), "{row}");
     assert!(row.contains(&format!("{p:.4}")), "{row}");
@@ -270,7 +275,7 @@ fn markdown_numbers_match_the_statistics() {
         &format!("Δ overall (base → finetuned) = +25.0 points, p = {p:.4}: not significant"),
         "Task template: zero training samples",
         "Fewer than 10 trials per task and arm (n = 4): the 95% CIs are wide",
-        "Fisher tests in this report, none corrected",
+        "Fisher tests in this report: one is primary (base → finetuned overall)",
     ] {
         assert!(md.contains(want), "missing statement: {want}");
     }
@@ -373,7 +378,16 @@ fn csv_and_json_read_back() {
     assert_eq!(&overall[col("n")], "12");
     assert_eq!(&overall[col("successes")], "5");
     let (lo, _) = stats::wilson(5, 12, 0.95);
-    assert_eq!(overall[col("wilson_lo")].parse::<f64>().unwrap(), lo);
+    // Rounded to 6 decimals: no binary noise in the file.
+    let got = overall[col("wilson_lo")].parse::<f64>().unwrap();
+    assert!((got - lo).abs() <= 5e-7, "{got} vs {lo}");
+    for r in &rows {
+        for v in r.iter() {
+            if let Some((_, frac)) = v.split_once('.') {
+                assert!(frac.len() <= 6, "float noise in summary.csv: {v}");
+            }
+        }
+    }
 
     let s: serde_json::Value = serde_json::from_slice(r.get("summary.json").unwrap()).unwrap();
     assert_eq!(s["rows"].as_array().unwrap().len(), 8);
@@ -443,6 +457,7 @@ fn zero_trials() {
         trials: vec![],
         extract: None,
         training: None,
+        provenance: None,
     };
     let r = render(&empty);
     parse(&text(&r, "report.html"));
@@ -662,7 +677,7 @@ fn hostile_names_stay_text() {
     // R far above rmax is shown in the last (capped) column, not a crash.
     assert!(md.contains("R≥32"));
     let mut rd = csv::Reader::from_reader(r.get("trials.csv").unwrap());
-    assert!(rd.records().all(|x| x.unwrap().len() == 16));
+    assert!(rd.records().all(|x| x.unwrap().len() == 18));
 }
 
 #[test]
@@ -723,4 +738,210 @@ fn the_published_overall_is_pooled_over_the_tasks_run() {
         .find(|l| l.starts_with("| overall |") && l.contains("64 ± 3%"))
         .unwrap_or_else(|| panic!("{md}"));
     assert!(row.ends_with("| 70% | 57% | 36% | 64 ± 3% |"), "{row}");
+}
+
+/// An attempt of a transcript, for the tests below.
+fn attempt(step: &str, retry: u32, passed: bool, cause: Option<Cause>, bytes: usize) -> AttemptRow {
+    AttemptRow {
+        step: step.into(),
+        retry,
+        prompt: format!("Write {step} <please> & thanks\n{}", "p".repeat(bytes)),
+        reply: format!("```python\nreply {retry}\n```\n{}", "r".repeat(bytes)),
+        code: format!("code {retry}"),
+        passed,
+        feedback: if passed {
+            String::new()
+        } else {
+            "E   NameError: name 'pytest' is not defined".into()
+        },
+        cause,
+        finish_reason: Some(
+            if cause == Some(Cause::Truncated) {
+                "length"
+            } else {
+                "stop"
+            }
+            .into(),
+        ),
+        prompt_tokens: Some(100),
+        completion_tokens: Some(50),
+        model_ms: 1500,
+        guard_ms: 200,
+    }
+}
+
+/// Failures with known causes: each number of the cause table is what was put in; the
+/// truncation rate counts requests; the primary comparison is named up front; exploratory
+/// tests carry Holm's p and the stratified test matches the statistics module.
+#[test]
+fn failure_causes_primary_comparison_holm_and_cmh() {
+    let mut inp = input();
+    // base: stack's one failure is a NameError, lru_cache's two are a truncation and a
+    // syntax error at the tests step; every finetuned failure stays an assertion.
+    for t in inp
+        .trials
+        .iter_mut()
+        .filter(|t| t.arm == "base" && !t.passed)
+    {
+        match (t.task.as_str(), t.index) {
+            ("stack", _) => t.cause = Some(Cause::NameError),
+            ("lru_cache", 2) => {
+                t.cause = Some(Cause::Truncated);
+                t.truncated = 2;
+            }
+            ("lru_cache", _) => {
+                t.failed_step = Some("tests".into());
+                t.cause = Some(Cause::Syntax);
+            }
+            _ => {}
+        }
+    }
+    let r = render(&inp);
+    let md = text(&r, "report.md");
+    let row = |prefix: &str| {
+        md.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no row {prefix}"))
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect::<Vec<_>>()
+    };
+    let head = row("| Arm | Task | failed |");
+    let col = |name: &str| {
+        head.iter()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    let stack = row("| base | stack | 1/4 |");
+    assert_eq!(stack[col("NameError")], "1");
+    assert_eq!(stack[col("at impl")], "1");
+    let lru = row("| base | lru_cache | 2/4 |");
+    assert_eq!(lru[col("truncated reply")], "1");
+    assert_eq!(lru[col("syntax error")], "1");
+    assert_eq!(lru[col("at tests")], "1");
+    // Requests: 2 truncated out of every attempt of the cell.
+    let attempts: u32 = inp
+        .trials
+        .iter()
+        .filter(|t| t.task == "lru_cache" && t.arm == "base")
+        .map(|t| t.tests_attempts + t.impl_attempts)
+        .sum();
+    assert!(
+        lru[col("truncated replies")].starts_with(&format!("2/{attempts} (")),
+        "{lru:?}"
+    );
+    let overall = row("| base | overall | 7/12 |");
+    assert_eq!(
+        overall[col("assertion failed")],
+        "4",
+        "template's four: {overall:?}"
+    );
+
+    // Up front: the question, the primary comparison and its verdict.
+    let q = md.find("## Question and setup").expect("question section");
+    assert!(q < md.find("## Overview").unwrap());
+    assert!(md.contains("**Primary comparison:** base → finetuned, overall"), "{md}");
+    // Holm over the three per-task tests (the overall one is primary).
+    let ps: Vec<f64> = PASSES
+        .iter()
+        .map(|(_, b, f)| {
+            stats::fisher_exact_two_sided(*b as u64, 4 - *b as u64, *f as u64, 4 - *f as u64)
+        })
+        .collect();
+    let holm = stats::holm(&ps);
+    for ((t, ..), h) in PASSES.iter().zip(&holm) {
+        let cells = row(&format!("| {t} | "));
+        assert_eq!(cells[cells.len() - 2], format!("{h:.4}"), "{t}: {cells:?}");
+    }
+    let primary = row("| overall (primary) | 5/12 ");
+    assert_eq!(
+        primary[primary.len() - 2],
+        "–",
+        "the primary test is not adjusted"
+    );
+    let tables: Vec<(u64, u64, u64, u64)> = PASSES
+        .iter()
+        .map(|(_, b, f)| (*b as u64, 4 - *b as u64, *f as u64, 4 - *f as u64))
+        .collect();
+    let m = stats::cochran_mantel_haenszel(&tables).unwrap();
+    assert!(
+        md.contains(&format!("χ² = {:.3}, p = {:.4}", m.chi2, m.p)),
+        "CMH line missing"
+    );
+    let s: serde_json::Value = serde_json::from_slice(r.get("summary.json").unwrap()).unwrap();
+    assert!((s["stratified_by_task"][0]["p"].as_f64().unwrap() - m.p).abs() < 1e-12);
+    let csv = text(&r, "summary.csv");
+    assert!(csv.lines().next().unwrap().contains("cause_name_error"));
+}
+
+/// Transcripts sit in the page, one collapsible trial each, reachable from its cell's list
+/// (always open), with a filter to failures; too large, they move to `transcripts.html`.
+#[test]
+fn transcripts_in_the_page_or_beside_it() {
+    let mut inp = input();
+    for t in &mut inp.trials {
+        t.attempts = vec![
+            attempt("tests", 0, true, None, 10),
+            attempt(
+                "impl",
+                0,
+                t.passed,
+                (!t.passed).then_some(Cause::NameError),
+                10,
+            ),
+        ];
+    }
+    let r = render(&inp);
+    assert!(r.get("transcripts.html").is_none());
+    let html = text(&r, "report.html");
+    let doc = parse(&html);
+    let li = doc
+        .descendants()
+        .find(|n| n.attribute("id") == Some("t-stack-base-0"))
+        .expect("trial 0 has an anchor (ids count from 0)");
+    assert!(li.has_tag_name("li"));
+    let inner: String = li.descendants().filter_map(|n| n.text()).collect();
+    assert!(
+        inner.contains("Write tests <please> & thanks"),
+        "prompt escaped and kept"
+    );
+    assert!(inner.contains("R=0"));
+    // The cell list a rate links to is a plain container, open without a click.
+    let cell = doc
+        .descendants()
+        .find(|n| n.attribute("id") == Some("trials-stack-base"))
+        .unwrap();
+    assert!(cell.has_tag_name("div"));
+    assert!(html.contains("id=\"only-failed\""));
+    assert!(html.contains("body:has(#only-failed:checked) li.trial.y{display:none}"));
+
+    // 10 MB of transcript: a sibling file, linked trial by trial.
+    for t in &mut inp.trials {
+        t.attempts = vec![attempt("tests", 0, true, None, 220_000)];
+    }
+    let r = render(&inp);
+    let page = text(&r, "transcripts.html");
+    let html = text(&r, "report.html");
+    assert!(
+        html.len() < 1 << 20,
+        "report.html stays small: {}",
+        html.len()
+    );
+    assert!(html.contains("href=\"transcripts.html#t-stack-base-0\""));
+    let sib = parse(&page);
+    assert!(
+        sib.descendants()
+            .any(|n| n.attribute("id") == Some("t-stack-base-0"))
+    );
+}
+
+/// A baseline study says so and never talks as if a model had been fine-tuned.
+#[test]
+fn a_baseline_study_says_it_is_one() {
+    let mut inp = input();
+    inp.arms.retain(|a| a.role == "baseline");
+    inp.trials.retain(|t| t.arm == "base");
+    let md = text(&render(&inp), "report.md");
+    assert!(md.contains("This is a baseline study"), "{md}");
+    assert!(!md.contains("not from task-specific training"));
 }

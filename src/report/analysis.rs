@@ -2,7 +2,7 @@
 //! per-arm cells, comparisons, power, and the "cannot conclude" statements.
 
 use super::fmt::{pct, pts, pval};
-use super::{ReportInput, TrialRow};
+use super::{Cause, ReportInput, TrialRow};
 use crate::stats;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -70,6 +70,11 @@ pub struct Cell<'a> {
     pub durations: Option<Durations>,
     pub mean_prompt: Option<f64>,
     pub mean_completion: Option<f64>,
+    /// Failed trials by (failed step, cause); a cause of `None` when unknown.
+    pub causes: BTreeMap<(String, Option<Cause>), u64>,
+    /// Requests made (attempts over both steps) and those cut off by `max_tokens`.
+    pub attempts: u64,
+    pub truncated: u64,
 }
 
 fn mean(sum: f64, n: u64) -> Option<f64> {
@@ -98,7 +103,15 @@ impl<'a> Cell<'a> {
         let (mut s_sum, mut s_n) = (0.0, 0u64);
         let (mut p_sum, mut c_sum) = (0u64, 0u64);
         let mut secs: Vec<f64> = Vec::with_capacity(trials.len());
+        let mut causes: BTreeMap<(String, Option<Cause>), u64> = BTreeMap::new();
+        let (mut attempts, mut truncated) = (0u64, 0u64);
         for t in &trials {
+            attempts += u64::from(t.tests_attempts) + u64::from(t.impl_attempts);
+            truncated += u64::from(t.truncated);
+            if !t.passed {
+                let step = t.failed_step.clone().unwrap_or_else(|| "?".into());
+                *causes.entry((step, t.cause)).or_default() += 1;
+            }
             if t.passed {
                 let (rt, ri) = (r_tests(t), r_impl(t));
                 for (v, r) in [(&mut r_t, rt), (&mut r_i, ri)] {
@@ -143,6 +156,9 @@ impl<'a> Cell<'a> {
             durations,
             mean_prompt: mean(p_sum as f64, n),
             mean_completion: mean(c_sum as f64, n),
+            causes,
+            attempts,
+            truncated,
             trials,
         }
     }
@@ -165,6 +181,9 @@ pub struct Test {
     pub h: Option<f64>,
     /// Trials per arm for 80% power at α = 0.05 to detect this Δ.
     pub n_needed: Option<u64>,
+    /// Holm-adjusted p over the report's exploratory tests; `None` for the primary test and
+    /// for a test without p.
+    pub p_holm: Option<f64>,
 }
 
 impl Test {
@@ -183,6 +202,7 @@ impl Test {
                 )),
                 h: Some(stats::cohens_h(p1, p2)),
                 n_needed: stats::n_per_arm_for_fisher_power(p1, p2, ALPHA, POWER, MAX_POWER_N),
+                p_holm: None,
             },
             _ => Test {
                 a,
@@ -191,6 +211,7 @@ impl Test {
                 p: None,
                 h: None,
                 n_needed: None,
+                p_holm: None,
             },
         }
     }
@@ -223,6 +244,11 @@ pub struct Comparison {
     pub tasks: Vec<Test>,
     pub overall: Test,
     pub plus5: Option<Plus5>,
+    /// The overall comparison stratified by task.
+    pub cmh: Option<stats::Cmh>,
+    /// The experiment's primary comparison: the first baseline arm against the first
+    /// fine-tuned arm, overall. Everything else is exploratory.
+    pub primary: bool,
 }
 
 /// Everything the renderers need.
@@ -270,6 +296,23 @@ fn pairs(arms: &[Arm]) -> Vec<(usize, usize)> {
         }
     }
     out
+}
+
+/// Holm over every test but the primary one (per-task tests of every comparison, and the
+/// overall tests of the exploratory comparisons).
+fn holm_adjust(comparisons: &mut [Comparison]) {
+    let mut family: Vec<&mut Test> = Vec::new();
+    for c in comparisons.iter_mut() {
+        let primary = c.primary;
+        family.extend(c.tasks.iter_mut().filter(|t| t.p.is_some()));
+        if !primary && c.overall.p.is_some() {
+            family.push(&mut c.overall);
+        }
+    }
+    let ps: Vec<f64> = family.iter().map(|t| t.p.unwrap_or(1.0)).collect();
+    for (t, adj) in family.into_iter().zip(stats::holm(&ps)) {
+        t.p_holm = Some(adj);
+    }
 }
 
 /// Above this many trials in either group the "smallest detectable Δ" statement is skipped:
@@ -428,8 +471,31 @@ impl<'a> Analysis<'a> {
                     .collect(),
                 overall: Test::new(&overall[i], &overall[j]),
                 plus5: plus5(i, &overall[i]),
+                cmh: stats::cochran_mantel_haenszel(
+                    &cells
+                        .iter()
+                        .map(|row| {
+                            let (x, y) = (&row[i], &row[j]);
+                            (
+                                x.successes,
+                                x.n - x.successes,
+                                y.successes,
+                                y.n - y.successes,
+                            )
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+                primary: false,
             })
             .collect();
+        let mut comparisons = comparisons;
+        if let Some(c) = comparisons
+            .iter_mut()
+            .find(|c| arms[c.earlier].role == "baseline" && arms[c.later].role == "finetuned")
+        {
+            c.primary = true;
+        }
+        holm_adjust(&mut comparisons);
 
         let mut baseline_plus5: Vec<Plus5> = arms
             .iter()
@@ -715,14 +781,23 @@ impl<'a> Analysis<'a> {
             }
         }
         let tests = self.test_count();
+        let primary = self.comparisons.iter().find(|c| c.primary);
         if tests > 1 {
-            out.push(format!(
-                "{tests} Fisher tests in this report, none corrected for multiple comparisons: even with no real effect anywhere, the chance that at least one comes out significant at α = {ALPHA} is about {:.0}% (1 − 0.95^{tests}, treating them as independent).",
-                (1.0 - (1.0 - ALPHA).powi(tests as i32)) * 100.0
-            ));
+            let chance = (1.0 - (1.0 - ALPHA).powi(tests as i32)) * 100.0;
+            match primary {
+                Some(c) if c.overall.p.is_some() => out.push(format!(
+                    "{tests} Fisher tests in this report: one is primary ({} overall), read at α = {ALPHA} as it stands; the other {} are exploratory and shown with Holm-adjusted p (uncorrected, the chance that at least one of them comes out significant with no real effect anywhere would be about {chance:.0}%).",
+                    self.pair_label(c),
+                    tests - 1
+                )),
+                _ => out.push(format!(
+                    "{tests} Fisher tests in this report, all exploratory (no baseline → fine-tuned comparison): read their Holm-adjusted p (uncorrected, the chance that at least one comes out significant with no real effect anywhere would be about {chance:.0}%)."
+                )),
+            }
         }
         // Training samples.
-        if let Some(samples) = self.samples() {
+        let finetuned = self.arms.iter().any(|a| a.role == "finetuned");
+        if let Some(samples) = self.samples().filter(|_| finetuned) {
             for (ti, (tr, kept)) in samples.iter().enumerate() {
                 if *kept == 0 {
                     out.push(format!(

@@ -80,7 +80,7 @@ fn label(root: &Area, s: &str, at: (i32, i32), size: u32, h: HPos, v: VPos) -> R
 /// A chart with nothing to show: a title and a sentence.
 fn empty(root: &Area, title: &str, msg: &str) -> Res {
     let (w, h) = root.dim_in_pixel();
-    label(root, title, (w as i32 / 2, 10), 18, HPos::Center, VPos::Top)?;
+    label(root, title, (w as i32 / 2, 10), 22, HPos::Center, VPos::Top)?;
     label(
         root,
         msg,
@@ -94,7 +94,7 @@ fn empty(root: &Area, title: &str, msg: &str) -> Res {
 /// The chart's title, centred at the top, and the legend for `names` under it (none if empty).
 fn heading(root: &Area, title: &str, names: &[String]) -> Res {
     let (w, _) = root.dim_in_pixel();
-    label(root, title, (w as i32 / 2, 8), 18, HPos::Center, VPos::Top)?;
+    label(root, title, (w as i32 / 2, 8), 22, HPos::Center, VPos::Top)?;
     if names.is_empty() {
         return Ok(());
     }
@@ -114,8 +114,15 @@ fn legend(root: &Area, names: &[String], y: i32) -> Res {
             [(x, y), (x + 12, y + 12)],
             colour(i).filled(),
         ))?;
-        label(root, n, (x + 16, y + 6), 13, HPos::Left, VPos::Center)?;
-        x += 30 + 8 * n.chars().count().min(40) as i32;
+        // Long names are shortened (the tables carry them whole) so the legend stays inside
+        // the chart: ≈ 9 px a character at this size.
+        let shown: String = if n.chars().count() > 28 {
+            n.chars().take(27).chain(['…']).collect()
+        } else {
+            n.clone()
+        };
+        label(root, &shown, (x + 16, y + 6), 15, HPos::Left, VPos::Center)?;
+        x += 30 + 9 * shown.chars().count() as i32;
     }
     Ok(())
 }
@@ -150,7 +157,7 @@ where
 {
     for (i, n) in names.iter().enumerate() {
         let (px, py) = chart.backend_coord(&(i as f64 + 0.5, y0.clone()));
-        label(root, n, (px, py + 8), 13, HPos::Center, VPos::Top)?;
+        label(root, n, (px, py + 8), 15, HPos::Center, VPos::Top)?;
     }
     Ok(())
 }
@@ -179,7 +186,7 @@ pub fn rates(a: &Analysis) -> String {
             .y_desc("success %")
             .y_label_formatter(&|v| format!("{v:.0}"))
             .light_line_style(WHITE)
-            .label_style((FONT, 12))
+            .label_style((FONT, 15))
             .draw()?;
         let bw = 0.8 / n_arms as f64;
         for (gi, (_, cells)) in g.iter().enumerate() {
@@ -223,6 +230,13 @@ pub fn delta(a: &Analysis, c: &Comparison) -> String {
     let w = width_for(rows.len(), 1);
     let title = format!("Δ points per task: {}", a.pair_label(c));
     svg(w, 380, |root| {
+        if rows.iter().all(|r| r.1.is_none()) {
+            return empty(
+                root,
+                &title,
+                "No Δ to draw: an arm of this comparison has no trials yet.",
+            );
+        }
         let m = rows
             .iter()
             .filter_map(|r| r.1)
@@ -249,7 +263,7 @@ pub fn delta(a: &Analysis, c: &Comparison) -> String {
                 }
             })
             .light_line_style(WHITE)
-            .label_style((FONT, 12))
+            .label_style((FONT, 15))
             .draw()?;
         chart.draw_series([PathElement::new(
             vec![(0.0, 0.0), (rows.len() as f64, 0.0)],
@@ -260,7 +274,7 @@ pub fn delta(a: &Analysis, c: &Comparison) -> String {
             let x1 = i as f64 + 0.8;
             let Some(d) = *d else {
                 let (px, py) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
-                label(root, "n/a", (px, py - 4), 12, HPos::Center, VPos::Bottom)?;
+                label(root, "n/a", (px, py - 4), 15, HPos::Center, VPos::Bottom)?;
                 continue;
             };
             let col = if d >= 0.0 { colour(4) } else { colour(2) };
@@ -277,15 +291,15 @@ pub fn delta(a: &Analysis, c: &Comparison) -> String {
                 }
             );
             if d >= 0.0 {
-                label(root, &txt, (px, py - 3), 12, HPos::Center, VPos::Bottom)?;
+                label(root, &txt, (px, py - 3), 15, HPos::Center, VPos::Bottom)?;
             } else {
-                label(root, &txt, (px, py + 3), 12, HPos::Center, VPos::Top)?;
+                label(root, &txt, (px, py + 3), 15, HPos::Center, VPos::Top)?;
             }
         }
         let (_, ybottom) = chart.backend_coord(&(0.0, -m));
         for (i, (n, _, _)) in rows.iter().enumerate() {
             let (px, _) = chart.backend_coord(&(i as f64 + 0.5, -m));
-            label(root, n, (px, ybottom + 8), 13, HPos::Center, VPos::Top)?;
+            label(root, n, (px, ybottom + 8), 15, HPos::Center, VPos::Top)?;
         }
         Ok(())
     })
@@ -336,7 +350,7 @@ pub fn heatmap(a: &Analysis) -> String {
         for (gi, (name, _)) in g.iter().enumerate() {
             let x = left + gi as i32 * cw + cw / 2;
             let short: String = name.chars().take(12).collect();
-            label(root, &short, (x, top - 6), 12, HPos::Center, VPos::Bottom)?;
+            label(root, &short, (x, top - 6), 15, HPos::Center, VPos::Bottom)?;
         }
         for (ai, arm) in a.arms.iter().enumerate() {
             let y = top + ai as i32 * ch;
@@ -363,7 +377,7 @@ pub fn heatmap(a: &Analysis) -> String {
                 root.draw(&Text::new(
                     txt,
                     (x + cw / 2 - 1, y + ch / 2 - 1),
-                    text_style(13, HPos::Center, VPos::Center).color(&col),
+                    text_style(15, HPos::Center, VPos::Center).color(&col),
                 ))?;
             }
         }
@@ -378,7 +392,7 @@ pub fn heatmap(a: &Analysis) -> String {
                 scale(i as f64 / (steps - 1) as f64).filled(),
             ))?;
         }
-        label(root, "0%", (left, y + 16), 11, HPos::Left, VPos::Top)?;
+        label(root, "0%", (left, y + 16), 14, HPos::Left, VPos::Top)?;
         label(
             root,
             "100%",
@@ -401,6 +415,13 @@ pub fn retries(a: &Analysis) -> String {
         if n_arms == 0 {
             return empty(root, title, "No arms.");
         }
+        if a.overall.iter().all(|c| c.successes == 0) {
+            return empty(
+                root,
+                title,
+                "No trial passed: retries are counted over passed trials only.",
+            );
+        }
         heading(root, title, &arm_names(a))?;
         let area = root.margin(56, 0, 0, 0);
         let panels = area.split_evenly((1, 2));
@@ -418,7 +439,7 @@ pub fn retries(a: &Analysis) -> String {
                 .y_desc(format!("{step}: % of passed"))
                 .y_label_formatter(&|v| format!("{v:.0}"))
                 .light_line_style(WHITE)
-                .label_style((FONT, 12))
+                .label_style((FONT, 15))
                 .draw()?;
             let bw = 0.8 / n_arms as f64;
             for (ai, c) in a.overall.iter().enumerate() {
@@ -485,7 +506,7 @@ pub fn durations(a: &Analysis) -> String {
             .y_labels(6)
             .y_desc("seconds")
             .light_line_style(WHITE)
-            .label_style((FONT, 12))
+            .label_style((FONT, 15))
             .draw()?;
         let bw = 0.8 / n_arms as f64;
         for (gi, (_, cells)) in g.iter().enumerate() {
@@ -569,7 +590,7 @@ pub fn loss(tr: &Training) -> String {
             .y_desc("loss")
             .x_label_formatter(&|v| format!("{v:.0}"))
             .light_line_style(WHITE)
-            .label_style((FONT, 12))
+            .label_style((FONT, 15))
             .draw()?;
         for (i, pts) in [&train, &val].into_iter().enumerate() {
             if pts.is_empty() {

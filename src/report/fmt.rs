@@ -175,6 +175,11 @@ pub fn cell_id(task: &str, arm: &str) -> String {
     format!("trials-{}-{}", id_part(task), id_part(arm))
 }
 
+/// The id of one trial's transcript: `t-stack-base-0`.
+pub fn trial_id(task: &str, arm: &str, index: u32) -> String {
+    format!("t-{}-{}-{index}", id_part(task), id_part(arm))
+}
+
 /// The id of an arm's trial lists: `arm-base`.
 pub fn arm_id(arm: &str) -> String {
     format!("arm-{}", id_part(arm))

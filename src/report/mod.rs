@@ -11,8 +11,8 @@
 //! use, so the same input gives the same bytes whatever order the trials arrive in — the
 //! report is a cached pipeline artifact. All statistics come from [`crate::stats`].
 //!
-//! Depends on [`crate::stats`] only: the `report` stage reads the store and hands this a
-//! [`ReportInput`].
+//! Depends on [`crate::stats`] and the failure [`Cause`] type only: the `report` stage reads
+//! the store and hands this a [`ReportInput`].
 
 mod analysis;
 mod charts;
@@ -23,6 +23,7 @@ mod published;
 mod sections;
 mod tables;
 
+pub use crate::workflow::cause::Cause;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -46,6 +47,56 @@ pub struct ReportInput {
     pub extract: Option<BTreeMap<String, ExtractCounts>>,
     /// The training-loss curve; `None` until a train stage exists (then no loss chart).
     pub training: Option<Training>,
+    /// How the trials were run (models, sampling, guard, who and when), when known.
+    pub provenance: Option<Provenance>,
+}
+
+/// How the trials were run, as the store recorded it: what a reader needs to judge or repeat
+/// the study.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// Per arm: the arm, its config model name and what the server (or the local files) said
+    /// it is — the identity every trial key holds.
+    pub models: Vec<ServedModel>,
+    /// Sampling temperature.
+    pub temperature: f64,
+    /// Nucleus sampling.
+    pub top_p: f64,
+    /// Generation limit per request.
+    pub max_tokens: u32,
+    /// The experiment's seed (each trial's seed derives from it, the task and the index).
+    pub seed: u64,
+    /// The test guard's wall-clock limit per pytest run.
+    pub guard_timeout_s: u64,
+    /// Its memory limit.
+    pub guard_memory_mb: u64,
+    /// Its process limit.
+    pub guard_max_processes: u32,
+    /// Whether the mutation guard was on (off: the published syntax-only test guard).
+    pub mutation_guard: bool,
+    /// The guard's Python (interpreter and pytest versions), as keys hold it.
+    pub guard_env: String,
+    /// pipe versions that computed the trials.
+    pub pipe_versions: Vec<String>,
+    /// Hosts that computed the trials.
+    pub hosts: Vec<String>,
+    /// Unix ms of the first trial's start.
+    pub first_ms: Option<u64>,
+    /// Unix ms of the last trial's end.
+    pub last_ms: Option<u64>,
+    /// The system turn the model saw (the same in every trial).
+    pub system_prompt: Option<String>,
+}
+
+/// One arm's model, as identified when its trials ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedModel {
+    /// The arm.
+    pub arm: String,
+    /// The `[models]` name in the config.
+    pub model: String,
+    /// Its identity (served name and digest, or file hashes), compact JSON.
+    pub identity: String,
 }
 
 /// One benchmark task, so rows can show a human name and difficulty and map to the published
@@ -109,6 +160,43 @@ pub struct TrialRow {
     pub completion_tokens: u64,
     /// Hex blake3 of the transcript object in the store.
     pub transcript: String,
+    /// Why it failed (`None` when it passed or the cause is unknown).
+    pub cause: Option<Cause>,
+    /// Attempts whose reply was cut off by `max_tokens`.
+    pub truncated: u32,
+    /// The transcript, attempt by attempt (empty when not loaded).
+    pub attempts: Vec<AttemptRow>,
+}
+
+/// One request of a trial, as the transcript keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRow {
+    /// `tests` or `impl`.
+    pub step: String,
+    /// R: 0 for the first attempt of the step.
+    pub retry: u32,
+    /// The user turn as sent.
+    pub prompt: String,
+    /// The raw reply.
+    pub reply: String,
+    /// The code taken from it.
+    pub code: String,
+    /// Did the guard accept it?
+    pub passed: bool,
+    /// What the next prompt said about it.
+    pub feedback: String,
+    /// Why it failed.
+    pub cause: Option<Cause>,
+    /// Why generation stopped.
+    pub finish_reason: Option<String>,
+    /// Prompt tokens (server's count).
+    pub prompt_tokens: Option<u64>,
+    /// Generated tokens (server's count).
+    pub completion_tokens: Option<u64>,
+    /// Time waiting for the model, ms.
+    pub model_ms: u64,
+    /// Time in the guard, ms.
+    pub guard_ms: u64,
 }
 
 /// What `extract` kept for one task, so the report can say which tasks the fine-tuned model
@@ -140,7 +228,8 @@ pub struct Training {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
     /// File name → bytes, in a fixed order: `report.md`, `report.html`, `trials.csv`,
-    /// `trials.jsonl`, `summary.csv`, `summary.json`.
+    /// `trials.jsonl`, `summary.csv`, `summary.json`, and `transcripts.html` when the
+    /// transcripts are too large to sit inside `report.html`.
     pub files: Vec<(String, Vec<u8>)>,
 }
 
@@ -159,7 +248,7 @@ impl Rendered {
 pub fn render(input: &ReportInput) -> Rendered {
     let a = analysis::Analysis::new(input);
     let doc = sections::build(&a);
-    let files = vec![
+    let mut files = vec![
         (
             "report.md".to_string(),
             markdown::render(&a, &doc).into_bytes(),
@@ -173,5 +262,11 @@ pub fn render(input: &ReportInput) -> Rendered {
         ("summary.csv".to_string(), tables::summary_csv(&a)),
         ("summary.json".to_string(), tables::summary_json(&a)),
     ];
+    if html::placement(&a) == html::Transcripts::Sibling {
+        files.push((
+            "transcripts.html".to_string(),
+            html::transcripts_page(&a).into_bytes(),
+        ));
+    }
     Rendered { files }
 }

@@ -138,11 +138,20 @@ fn test_cells(tst: &Test) -> Vec<TCell> {
             .h
             .map(|h| format!("{} ({})", hval(h), stats::h_label(h)))),
         opt(tst.n_needed.map(|n| n.to_string())),
+        opt(tst.p_holm.map(pval)),
     ]
 }
 
 pub fn build(a: &Analysis) -> Doc {
-    let mut s = vec![overview(a), rates(a), comparisons(a), conclude(a), power(a)];
+    let mut s = vec![
+        question(a),
+        overview(a),
+        rates(a),
+        comparisons(a),
+        failures(a),
+        conclude(a),
+        power(a),
+    ];
     s.push(published_section(a));
     s.push(retries(a));
     s.push(strength(a));
@@ -337,6 +346,7 @@ fn comparisons(a: &Analysis) -> Section {
             "Fisher p".into(),
             "Cohen's h".into(),
             "n/arm for 80% power".into(),
+            "Holm p (exploratory)".into(),
         ];
         let mut rows = Vec::new();
         for (ti, tst) in c.tasks.iter().enumerate() {
@@ -350,13 +360,18 @@ fn comparisons(a: &Analysis) -> Section {
             rows.push(row);
         }
         let mut row = vec![
-            c_text("overall"),
+            c_text(if c.primary {
+                "overall (primary)"
+            } else {
+                "overall"
+            }),
             frac_cell(c.overall.a, arm_id(e)),
             frac_cell(c.overall.b, arm_id(l)),
         ];
         row.extend(test_cells(&c.overall));
         rows.push(row);
         blocks.push(Block::Table(Table { head, rows }));
+        blocks.push(Block::Para(vec![t(cmh_sentence(a, c))]));
         if k == 0 {
             blocks.push(Block::Chart(Chart {
                 id: "chart-delta",
@@ -367,13 +382,286 @@ fn comparisons(a: &Analysis) -> Section {
     }
     if !a.comparisons.is_empty() {
         blocks.push(Block::Para(vec![t(
-            "Stars: * p < 0.05, ** p < 0.01, *** p < 0.001. |h|: negligible < 0.2 ≤ small < 0.5 ≤ medium < 0.8 ≤ large. The last column is the trials per arm a new run would need to detect that row's observed Δ with 80% power at α = 0.05 with this very test (Fisher's, power computed exactly; – when Δ = 0 or above 5,000).",
+            "Stars: * p < 0.05, ** p < 0.01, *** p < 0.001 (uncorrected). |h|: negligible < 0.2 ≤ small < 0.5 ≤ medium < 0.8 ≤ large. \"Holm p\" adjusts every exploratory test (all but the primary one) for the others, controlling the chance of any false positive among them at α; read exploratory rows by it. The \"n/arm\" column is the trials per arm a new run would need to detect that row's observed Δ with 80% power at α = 0.05 with this very test (Fisher's, power computed exactly; – when Δ = 0 or above 5,000).",
         )]));
     }
     Section {
         id: "sec-comparisons",
         title: "Comparisons".into(),
         blocks,
+    }
+}
+
+/// The overall comparison stratified by task, in one sentence.
+fn cmh_sentence(a: &Analysis, c: &super::analysis::Comparison) -> String {
+    let label = a.pair_label(c);
+    match &c.cmh {
+        Some(m) => {
+            let or = if m.odds_ratio.is_finite() {
+                format!("{:.2}", m.odds_ratio)
+            } else if m.odds_ratio.is_nan() {
+                "undefined".into()
+            } else {
+                "∞".into()
+            };
+            format!(
+                "Stratified by task (Cochran–Mantel–Haenszel, continuity-corrected, so tasks with very different base rates are compared within themselves): common odds ratio ({label}) {or}, χ² = {:.3}, p = {}{}.",
+                m.chi2,
+                pval(m.p),
+                if c.primary { "" } else { " (exploratory)" }
+            )
+        }
+        None => format!(
+            "Stratified by task (Cochran–Mantel–Haenszel): not computable for {label} — no task has trials in both arms with both outcomes."
+        ),
+    }
+}
+
+/// What is tested, which comparison decides it, and how the trials were run.
+fn question(a: &Analysis) -> Section {
+    let mut blocks = vec![Block::Para(vec![
+        strong("Question:"),
+        t(format!(
+            " does fine-tuning a code model on its own guard-validated output make it better at test-driven development? Hypothesis: the fine-tuned arm's overall success rate is at least the base arm's + {:.0} points.",
+            HYPOTHESISED_GAIN * 100.0
+        )),
+    ])];
+    let primary = a.comparisons.iter().find(|c| c.primary);
+    let mut about: Vec<Inline> = vec![strong("Primary comparison:"), t(" ")];
+    match primary {
+        Some(c) => {
+            let o = &c.overall;
+            about.push(t(format!(
+                "{}, overall, two-sided Fisher exact test at α = {ALPHA}. ",
+                a.pair_label(c)
+            )));
+            match (o.delta, o.p) {
+                (Some(d), Some(p)) => {
+                    about.push(link(
+                        format!("{}/{}", o.a.0, o.a.1),
+                        arm_id(&a.arms[c.earlier].name),
+                    ));
+                    about.push(t(" → "));
+                    about.push(link(
+                        format!("{}/{}", o.b.0, o.b.1),
+                        arm_id(&a.arms[c.later].name),
+                    ));
+                    let verdict = if d >= HYPOTHESISED_GAIN * 100.0 && p < ALPHA {
+                        "the gain is significant and at least the hypothesised size"
+                    } else if p < ALPHA && d > 0.0 {
+                        "significant, but smaller than the hypothesised gain"
+                    } else if p < ALPHA {
+                        "significant — in the wrong direction: the fine-tuned arm is worse"
+                    } else {
+                        "not significant: this run neither shows the hypothesised gain nor rules it out"
+                    };
+                    about.push(t(format!(
+                        ": Δ {} points, p = {}; {verdict}.",
+                        pts(d),
+                        pval(p)
+                    )));
+                }
+                _ => about.push(t("not decidable yet: an arm has no trials.")),
+            }
+            let others = a.test_count().saturating_sub(1);
+            if others > 0 {
+                about.push(t(format!(
+                    " Everything else — {others} per-task or other-pair test{} — is exploratory, with Holm-adjusted p beside its own.",
+                    if others == 1 { "" } else { "s" }
+                )));
+            }
+        }
+        None if a.arms.iter().any(|x| x.role == "finetuned") => about.push(t(
+            "base → fine-tuned, overall — not available: no baseline arm is paired with a fine-tuned arm that has trials.",
+        )),
+        None => about.push(t(
+            "none. This is a baseline study (no fine-tuned arm): it measures the base model alone and says nothing about whether fine-tuning helps.",
+        )),
+    }
+    blocks.push(Block::Para(about));
+    if let Some(p) = &a.input.provenance {
+        blocks.push(Block::Table(Table {
+            head: vec!["Setup".into(), "".into()],
+            rows: provenance_rows(a, p),
+        }));
+    }
+    Section {
+        id: "sec-question",
+        title: "Question and setup".into(),
+        blocks,
+    }
+}
+
+fn when(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+fn provenance_rows(a: &Analysis, p: &super::Provenance) -> Vec<Vec<TCell>> {
+    let mut rows = Vec::new();
+    let mut row = |k: &str, v: Vec<Inline>| {
+        rows.push(vec![
+            c_text(k),
+            TCell {
+                parts: v,
+                num: false,
+            },
+        ])
+    };
+    for m in &p.models {
+        let role = a
+            .arms
+            .iter()
+            .find(|x| x.name == m.arm)
+            .map_or("", |x| x.role.as_str());
+        row(
+            &format!("model of {} ({role})", m.arm),
+            vec![t(format!("{} — ", m.model)), code(&m.identity)],
+        );
+    }
+    row(
+        "sampling",
+        vec![t(format!(
+            "temperature {}, top_p {}, max_tokens {}",
+            p.temperature, p.top_p, p.max_tokens
+        ))],
+    );
+    row(
+        "seeds",
+        vec![t(format!(
+            "experiment seed {}; each trial's seed from (seed, task, index), the same in every arm; each request's from (trial seed, step, retry)",
+            p.seed
+        ))],
+    );
+    row(
+        "test guard",
+        vec![t(if p.mutation_guard {
+            "tests: syntax check; implementation: pytest in a bubblewrap sandbox; plus the mutation guard (tests must kill half the mutants) — stricter than the published protocol"
+        } else {
+            "tests: syntax check only (the published protocol); implementation: pytest in a bubblewrap sandbox"
+        })],
+    );
+    row(
+        "guard limits",
+        vec![t(format!(
+            "{} s, {} MB, {} processes per pytest run",
+            p.guard_timeout_s, p.guard_memory_mb, p.guard_max_processes
+        ))],
+    );
+    if !p.guard_env.is_empty() {
+        row("guard Python", vec![code(&p.guard_env)]);
+    }
+    if !p.pipe_versions.is_empty() {
+        row("pipe version", vec![t(p.pipe_versions.join(", "))]);
+    }
+    if let (Some(f), Some(l)) = (p.first_ms, p.last_ms) {
+        row(
+            "trials ran",
+            vec![t(format!("{} to {} (UTC)", when(f), when(l)))],
+        );
+    }
+    if !p.hosts.is_empty() {
+        row("machines", vec![t(p.hosts.join(", "))]);
+    }
+    if let Some(sys) = &p.system_prompt {
+        row("system prompt", vec![code(sys)]);
+    }
+    rows
+}
+
+/// Why trials failed: per arm and task, by step and by cause, and how many replies were cut
+/// off — the numbers that tell a user what to change.
+fn failures(a: &Analysis) -> Section {
+    use super::Cause;
+    let mut seen: Vec<Option<Cause>> = Vec::new();
+    for c in a.overall.iter() {
+        for (_, cause) in c.causes.keys() {
+            if !seen.contains(cause) {
+                seen.push(*cause);
+            }
+        }
+    }
+    seen.sort();
+    let mut blocks = vec![Block::Para(vec![t(
+        "Failed trials by the step that used up its attempts and by the cause of its last attempt, read from the transcripts; then every request whose reply was cut off by max_tokens (truncated replies never parse or run as meant: raise sampling.max_tokens). Each number links to the trials it counts.",
+    )])];
+    let failed_total: u64 = a.overall.iter().map(|c| c.n - c.successes).sum();
+    if a.input.trials.is_empty() {
+        blocks.push(Block::Para(vec![t("No trials yet.")]));
+    } else if failed_total == 0 {
+        blocks.push(Block::Para(vec![t("No trial failed.")]));
+    }
+    let mut head = vec!["Arm".to_string(), "Task".into(), "failed".into()];
+    for step in ["tests", "impl", "mutation"] {
+        head.push(format!("at {step}"));
+    }
+    for c in &seen {
+        head.push(c.map_or("cause unknown".into(), |c| c.label().to_string()));
+    }
+    head.push("truncated replies".into());
+    let mut rows = Vec::new();
+    for (ai, arm) in a.arms.iter().enumerate() {
+        let mut one = |label: &str, c: &Cell, target: String| {
+            let failed = c.n - c.successes;
+            let mut row = vec![
+                c_text(&arm.name),
+                c_text(label),
+                c_parts(vec![link(format!("{failed}/{}", c.n), target.clone())]),
+            ];
+            for step in ["tests", "impl", "mutation"] {
+                let k: u64 = c
+                    .causes
+                    .iter()
+                    .filter(|((s, _), _)| s == step)
+                    .map(|(_, k)| k)
+                    .sum();
+                row.push(count_cell(k, &target));
+            }
+            for cause in &seen {
+                let k: u64 = c
+                    .causes
+                    .iter()
+                    .filter(|((_, x), _)| x == cause)
+                    .map(|(_, k)| k)
+                    .sum();
+                row.push(count_cell(k, &target));
+            }
+            row.push(if c.attempts == 0 {
+                dash()
+            } else {
+                c_parts(vec![
+                    link(format!("{}/{}", c.truncated, c.attempts), target),
+                    t(format!(
+                        " ({}%)",
+                        pct(c.truncated as f64 / c.attempts as f64)
+                    )),
+                ])
+            });
+            rows.push(row);
+        };
+        for (ti, task) in a.tasks.iter().enumerate() {
+            one(&task.id, &a.cells[ti][ai], cell_id(&task.id, &arm.name));
+        }
+        one("overall", &a.overall[ai], arm_id(&arm.name));
+    }
+    if !a.input.trials.is_empty() {
+        blocks.push(Block::Table(Table { head, rows }));
+        blocks.push(Block::Para(vec![t(
+            "Causes: a truncated reply is counted as such whatever the guard said of it; \"NameError\" is most often tests that use pytest.raises without import pytest (tests are frozen once they parse, so every implementation then fails); \"no tests ran\" is an accepted test file with no test in it; \"weak tests\" a passing implementation whose tests killed too few mutants (mutation guard only).",
+        )]));
+    }
+    Section {
+        id: "sec-failures",
+        title: "Why trials failed".into(),
+        blocks,
+    }
+}
+
+fn count_cell(k: u64, target: &str) -> TCell {
+    if k == 0 {
+        c_num("0")
+    } else {
+        c_parts(vec![link(k.to_string(), target.to_string())])
     }
 }
 
@@ -405,6 +693,7 @@ fn power(a: &Analysis) -> Section {
     let tasks = a.tasks.len().max(1) as u64;
     let per_task = |n: Option<u64>| opt(n.map(|n| n.div_ceil(tasks).to_string()));
     let mut rows = Vec::new();
+    let mut plus5_shown: Vec<usize> = Vec::new();
     for c in &a.comparisons {
         let (e, l) = (&a.arms[c.earlier].name, &a.arms[c.later].name);
         let label = a.pair_label(c);
@@ -427,17 +716,15 @@ fn power(a: &Analysis) -> Section {
                 per_task(c.overall.n_needed),
             ]);
         }
-        if let Some(p) = &c.plus5 {
+        // The hypothesised gain depends on the earlier arm only: one row per arm, however
+        // many comparisons start from it.
+        if let Some(p) = c.plus5.as_ref().filter(|p| !plus5_shown.contains(&p.arm)) {
+            plus5_shown.push(p.arm);
             rows.push(plus5_row(&label, p, a, now, per_task(p.n_needed)));
         }
     }
-    let in_comparison: Vec<usize> = a
-        .comparisons
-        .iter()
-        .filter_map(|c| c.plus5.as_ref().map(|p| p.arm))
-        .collect();
     for p in &a.baseline_plus5 {
-        if !in_comparison.contains(&p.arm) {
+        if !plus5_shown.contains(&p.arm) {
             let now = a.overall[p.arm].n;
             rows.push(plus5_row(
                 &a.arms[p.arm].name,
@@ -716,15 +1003,24 @@ fn strength(a: &Analysis) -> Section {
         row.push(cell(&a.overall[ai], arm_id(&arm.name)));
     }
     rows.push(row);
+    let mut blocks = vec![Block::Para(vec![t(
+        "The share of mutants of the passing implementation that the generated tests killed, averaged over passed trials that measured it (n).",
+    )])];
+    let passed: u64 = a.overall.iter().map(|c| c.successes).sum();
+    let measured: u64 = a.overall.iter().map(|c| c.strength_n).sum();
+    if measured == 0 {
+        blocks.push(Block::Para(vec![t(if passed == 0 {
+            "Nothing to show: no trial passed, and strength is measured on passing implementations only."
+        } else {
+            "Nothing to show: no passed trial has a mutant-kill share recorded."
+        })]));
+    } else {
+        blocks.push(Block::Table(Table { head, rows }));
+    }
     Section {
         id: "sec-strength",
         title: "Test strength".into(),
-        blocks: vec![
-            Block::Para(vec![t(
-                "The share of mutants of the passing implementation that the generated tests killed, averaged over passed trials that measured it (n).",
-            )]),
-            Block::Table(Table { head, rows }),
-        ],
+        blocks,
     }
 }
 

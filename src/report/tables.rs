@@ -1,6 +1,7 @@
 //! The machine-readable files: per-trial `trials.csv` / `trials.jsonl` and per task × arm
 //! `summary.csv` / `summary.json`, for pandas or R. Empty cell / `null` for a missing value.
 
+use super::Cause;
 use super::analysis::{Analysis, Cell, r_impl, r_tests};
 use serde::Serialize;
 
@@ -13,8 +14,10 @@ struct TrialOut<'a> {
     stage: &'a str,
     success: bool,
     failed_step: Option<&'a str>,
+    cause: Option<&'static str>,
     tests_attempts: u32,
     impl_attempts: u32,
+    truncated_attempts: u32,
     retries_tests: Option<u32>,
     retries_impl: Option<u32>,
     test_strength: Option<f64>,
@@ -38,8 +41,10 @@ fn trials<'a>(a: &'a Analysis) -> impl Iterator<Item = TrialOut<'a>> {
             stage: &t.stage,
             success: t.passed,
             failed_step: t.failed_step.as_deref(),
+            cause: t.cause.map(Cause::key),
             tests_attempts: t.tests_attempts,
             impl_attempts: t.impl_attempts,
+            truncated_attempts: t.truncated,
             // As recorded; a passed trial without it gets attempts − 1 (what every aggregate uses).
             retries_tests: t.retries_tests.or(t.passed.then(|| r_tests(t))),
             retries_impl: t.retries_impl.or(t.passed.then(|| r_impl(t))),
@@ -66,15 +71,17 @@ fn csv_bytes<T: Serialize>(rows: impl Iterator<Item = T>, header: &[&str]) -> Ve
     w.into_inner().unwrap_or_default()
 }
 
-const TRIAL_HEADER: [&str; 16] = [
+const TRIAL_HEADER: [&str; 18] = [
     "task",
     "arm",
     "index",
     "stage",
     "success",
     "failed_step",
+    "cause",
     "tests_attempts",
     "impl_attempts",
+    "truncated_attempts",
     "retries_tests",
     "retries_impl",
     "test_strength",
@@ -121,9 +128,56 @@ struct SummaryOut<'a> {
     mean_completion_tokens: Option<f64>,
     mean_test_strength: Option<f64>,
     test_strength_n: u64,
+    attempts: u64,
+    truncated_attempts: u64,
+    failed_at_tests: u64,
+    failed_at_impl: u64,
+    failed_at_mutation: u64,
+    cause_assertion: u64,
+    cause_collection: u64,
+    cause_crashed: u64,
+    cause_exception: u64,
+    cause_name_error: u64,
+    cause_no_tests: u64,
+    cause_syntax: u64,
+    cause_tampered: u64,
+    cause_timeout: u64,
+    cause_truncated: u64,
+    cause_unknown: u64,
+    cause_weak_tests: u64,
 }
 
-const SUMMARY_HEADER: [&str; 19] = [
+/// Failed trials with `cause` (`None`: unknown).
+fn cause_count(c: &Cell, cause: Option<Cause>) -> u64 {
+    c.causes
+        .iter()
+        .filter(|((_, x), _)| *x == cause)
+        .map(|(_, k)| k)
+        .sum()
+}
+
+fn failed_at(c: &Cell, step: &str) -> u64 {
+    c.causes
+        .iter()
+        .filter(|((s, _), _)| s == step)
+        .map(|(_, k)| k)
+        .sum()
+}
+
+/// `x` rounded to `digits` decimals: the CSV and JSON then print `137.2795`, not the binary
+/// noise of a mean (`137.27949999999998`); every figure keeps more digits than it means.
+fn round(x: Option<f64>, digits: i32) -> Option<f64> {
+    let f = 10f64.powi(digits);
+    x.map(|x| {
+        if x.is_finite() {
+            (x * f).round() / f
+        } else {
+            x
+        }
+    })
+}
+
+const SUMMARY_HEADER: [&str; 36] = [
     "task",
     "arm",
     "role",
@@ -143,6 +197,23 @@ const SUMMARY_HEADER: [&str; 19] = [
     "mean_completion_tokens",
     "mean_test_strength",
     "test_strength_n",
+    "attempts",
+    "truncated_attempts",
+    "failed_at_tests",
+    "failed_at_impl",
+    "failed_at_mutation",
+    "cause_assertion",
+    "cause_collection",
+    "cause_crashed",
+    "cause_exception",
+    "cause_name_error",
+    "cause_no_tests",
+    "cause_syntax",
+    "cause_tampered",
+    "cause_timeout",
+    "cause_truncated",
+    "cause_unknown",
+    "cause_weak_tests",
 ];
 
 fn summary_row<'a>(task: &'a str, arm: &'a str, role: &'a str, c: &Cell) -> SummaryOut<'a> {
@@ -153,20 +224,37 @@ fn summary_row<'a>(task: &'a str, arm: &'a str, role: &'a str, c: &Cell) -> Summ
         role,
         n: c.n,
         successes: c.successes,
-        rate: c.rate,
-        wilson_lo: c.rate.map(|_| c.ci.0),
-        wilson_hi: c.rate.map(|_| c.ci.1),
-        mean_retries: c.mean_retries,
-        mean_retries_tests: c.mean_r_tests,
-        mean_retries_impl: c.mean_r_impl,
-        median_duration_s: d.map(|d| d.median),
-        q25_duration_s: d.map(|d| d.q25),
-        q75_duration_s: d.map(|d| d.q75),
-        mean_duration_s: d.map(|d| d.mean),
-        mean_prompt_tokens: c.mean_prompt,
-        mean_completion_tokens: c.mean_completion,
-        mean_test_strength: c.strength,
+        rate: round(c.rate, 6),
+        wilson_lo: round(c.rate.map(|_| c.ci.0), 6),
+        wilson_hi: round(c.rate.map(|_| c.ci.1), 6),
+        mean_retries: round(c.mean_retries, 4),
+        mean_retries_tests: round(c.mean_r_tests, 4),
+        mean_retries_impl: round(c.mean_r_impl, 4),
+        median_duration_s: round(d.map(|d| d.median), 3),
+        q25_duration_s: round(d.map(|d| d.q25), 3),
+        q75_duration_s: round(d.map(|d| d.q75), 3),
+        mean_duration_s: round(d.map(|d| d.mean), 3),
+        mean_prompt_tokens: round(c.mean_prompt, 2),
+        mean_completion_tokens: round(c.mean_completion, 2),
+        mean_test_strength: round(c.strength, 4),
         test_strength_n: c.strength_n,
+        attempts: c.attempts,
+        truncated_attempts: c.truncated,
+        failed_at_tests: failed_at(c, "tests"),
+        failed_at_impl: failed_at(c, "impl"),
+        failed_at_mutation: failed_at(c, "mutation"),
+        cause_assertion: cause_count(c, Some(Cause::Assertion)),
+        cause_collection: cause_count(c, Some(Cause::Collection)),
+        cause_crashed: cause_count(c, Some(Cause::Crashed)),
+        cause_exception: cause_count(c, Some(Cause::Exception)),
+        cause_name_error: cause_count(c, Some(Cause::NameError)),
+        cause_no_tests: cause_count(c, Some(Cause::NoTests)),
+        cause_syntax: cause_count(c, Some(Cause::Syntax)),
+        cause_tampered: cause_count(c, Some(Cause::Tampered)),
+        cause_timeout: cause_count(c, Some(Cause::Timeout)),
+        cause_truncated: cause_count(c, Some(Cause::Truncated)),
+        cause_unknown: cause_count(c, None),
+        cause_weak_tests: cause_count(c, Some(Cause::WeakTests)),
     }
 }
 
@@ -208,10 +296,15 @@ struct TestOut<'a> {
     cohens_h: Option<f64>,
     h_label: Option<&'static str>,
     n_per_arm_for_power: Option<u64>,
+    /// The experiment's primary test (base → fine-tuned, overall).
+    primary: bool,
+    /// Holm-adjusted p over the exploratory tests.
+    holm_p: Option<f64>,
 }
 
 pub fn summary_json(a: &Analysis) -> Vec<u8> {
     let mut tests = Vec::new();
+    let mut cmh = Vec::new();
     for c in &a.comparisons {
         let (e, l) = (&a.arms[c.earlier].name, &a.arms[c.later].name);
         let ids = a.tasks.iter().map(|t| t.id.as_str()).chain(["overall"]);
@@ -230,7 +323,15 @@ pub fn summary_json(a: &Analysis) -> Vec<u8> {
                 cohens_h: t.h,
                 h_label: t.h.map(crate::stats::h_label),
                 n_per_arm_for_power: t.n_needed,
+                primary: c.primary && task == "overall",
+                holm_p: t.p_holm,
             });
+        }
+        if let Some(m) = &c.cmh {
+            cmh.push(serde_json::json!({
+                "earlier": e, "later": l, "chi2": m.chi2, "p": m.p,
+                "odds_ratio": m.odds_ratio.is_finite().then_some(m.odds_ratio),
+            }));
         }
     }
     let doc = serde_json::json!({
@@ -238,6 +339,7 @@ pub fn summary_json(a: &Analysis) -> Vec<u8> {
         "confidence": super::analysis::CONFIDENCE,
         "rows": summary_rows(a),
         "comparisons": tests,
+        "stratified_by_task": cmh,
         "cannot_conclude": a.statements,
     });
     let mut out = serde_json::to_vec_pretty(&doc).unwrap_or_default();

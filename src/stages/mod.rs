@@ -271,7 +271,8 @@ pub fn pipeline(mode: Mode, rt: Arc<Runtime>) -> Pipeline {
         }),
         Box::new(Declared {
             name: "report",
-            version: 1,
+            // 2: failure causes, transcripts and provenance read from the trial records.
+            version: 2,
             // Without a fine-tuned arm the experiment is a baseline study: the report needs
             // only the trials (and what extract would keep for training).
             deps: if rt.finetune() {

@@ -1,23 +1,28 @@
-//! The `report` stage: gathers every trial's summary (from the stage manifests — no transcript
-//! is opened, so 10,000 trials cost milliseconds), the extracted sample counts and, once it
-//! exists, the training curve, and renders them ([`crate::report`]) into files stored as
-//! objects. [`export`] then copies them into `reports/`, so the directory always shows the
+//! The `report` stage: gathers every trial's summary and transcript (the transcripts give each
+//! failure its cause and fill the page's transcripts: 10,000 trials are ≈ 10,000 object reads),
+//! how they were run (the action records: hosts, dates, the model identities in their keys),
+//! the extracted sample counts and, once it exists, the training curve, and renders them
+//! ([`crate::report`]) into files stored as objects. [`export`] then copies them into `reports/`, so the directory always shows the
 //! current build, even when nothing had to be recomputed.
 
 use super::train::{Skipped, TrainRecord};
 use super::trial::TRANSCRIPT;
 use crate::config::{Loaded, Role};
 use crate::engine::{Job, Outputs, StageError};
-use crate::report::{ArmInfo, ExtractCounts, ReportInput, TaskInfo, Training, TrialRow};
+use crate::report::{
+    ArmInfo, AttemptRow, ExtractCounts, Provenance, ReportInput, ServedModel, TaskInfo, Training,
+    TrialRow,
+};
 use crate::store::{Manifest, ManifestEntry, Store, StoreError};
-use crate::workflow::TrialSummary;
+use crate::workflow::{TrialRecord, TrialSummary};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// A trial row from a manifest entry of `stage`: its id and summary, parsed strictly (a
-/// summary of another shape is an error, never a row of zeros).
-fn row(stage: &str, e: &ManifestEntry) -> Result<TrialRow, StageError> {
+/// summary of another shape is an error, never a row of zeros) — and its transcript, for the
+/// failure cause and the attempts.
+fn row(stage: &str, e: &ManifestEntry, rec: &TrialRecord) -> Result<TrialRow, StageError> {
     let id = super::trial_id(&e.id)?;
     let s: TrialSummary = crate::engine::summary(e)?;
     let transcript = e
@@ -42,18 +47,129 @@ fn row(stage: &str, e: &ManifestEntry) -> Result<TrialRow, StageError> {
         prompt_tokens: s.tokens.prompt,
         completion_tokens: s.tokens.completion,
         transcript,
+        cause: rec.cause(),
+        truncated: rec.truncated_attempts(),
+        attempts: rec.attempts.iter().map(attempt_row).collect(),
     })
 }
 
-/// The trial rows of a `trial` or `eval` manifest: summaries only, no transcript is read.
-/// An `eval` item that was not run (no adapter) is no row: the arm has no trials, and the
-/// training section says why.
-pub fn rows(stage: &str, m: &Manifest) -> Result<Vec<TrialRow>, StageError> {
+fn attempt_row(a: &crate::workflow::Attempt) -> AttemptRow {
+    AttemptRow {
+        step: a.step.name().to_string(),
+        retry: a.retry,
+        prompt: a.prompt.clone(),
+        reply: a.reply.clone(),
+        code: a.code.clone(),
+        passed: a.passed,
+        feedback: a.feedback.clone(),
+        cause: a.cause(),
+        finish_reason: a.finish_reason.clone(),
+        prompt_tokens: a.prompt_tokens,
+        completion_tokens: a.completion_tokens,
+        model_ms: a.model_ms,
+        guard_ms: a.guard_ms,
+    }
+}
+
+/// The entries of a `trial` or `eval` manifest that ran a trial.
+fn ran<'m>(stage: &str, m: &'m Manifest) -> impl Iterator<Item = &'m ManifestEntry> {
+    let eval = stage == "eval";
     m.entries
         .iter()
-        .filter(|e| stage != "eval" || crate::engine::summary::<super::trial::NotRun>(e).is_err())
-        .map(|e| row(stage, e))
+        .filter(move |e| !eval || crate::engine::summary::<super::trial::NotRun>(e).is_err())
+}
+
+/// The rows of a `trial` or `eval` manifest with their transcripts (read in parallel: each is
+/// one verified object read), each with the system turn its model saw.
+pub fn rows_with_transcripts(
+    store: &Store,
+    stage: &str,
+    m: &Manifest,
+) -> Result<Vec<(TrialRow, String)>, StageError> {
+    use rayon::prelude::*;
+    let entries: Vec<&ManifestEntry> = ran(stage, m).collect();
+    entries
+        .par_iter()
+        .map(|e| {
+            let id = e
+                .outputs
+                .get(TRANSCRIPT)
+                .ok_or_else(|| StageError::Failed(format!("{stage} {} has no transcript", e.id)))?;
+            let rec: TrialRecord = serde_json::from_slice(&store.get(id)?).map_err(|err| {
+                StageError::Failed(format!(
+                    "{stage} {} transcript ({}): {err}",
+                    e.id,
+                    id.short()
+                ))
+            })?;
+            Ok((row(stage, e, &rec)?, rec.system))
+        })
         .collect()
+}
+
+/// How the trials were run: the config's sampling and guard (both in every trial key), and from
+/// the action records the model identities, hosts, pipe versions and dates. A record gone (a
+/// store shared with an older gc) leaves its part out rather than failing the report.
+fn provenance(job: &Job<'_>, system: Option<String>) -> Result<Provenance, StageError> {
+    let c = &job.cx.loaded.config;
+    let mut p = Provenance {
+        temperature: c.sampling.temperature,
+        top_p: c.sampling.top_p,
+        max_tokens: c.sampling.max_tokens,
+        seed: c.experiment.seed,
+        guard_timeout_s: c.guard.timeout_s,
+        guard_memory_mb: c.guard.memory_mb,
+        guard_max_processes: c.guard.max_processes,
+        mutation_guard: c.guard.mutation_guard,
+        ..Provenance::default()
+    };
+    let mut versions = std::collections::BTreeSet::new();
+    let mut hosts = std::collections::BTreeSet::new();
+    let mut seen_arms = std::collections::BTreeSet::new();
+    for stage in ["trial", "eval"] {
+        if !job.upstream.contains_key(stage) {
+            continue;
+        }
+        for e in ran(stage, job.manifest(stage)?) {
+            let Some(rec) = job.store.record(&e.key)? else {
+                continue;
+            };
+            versions.insert(rec.producer.version.clone());
+            hosts.insert(rec.producer.host.clone());
+            p.first_ms = Some(p.first_ms.map_or(rec.started_ms, |f| f.min(rec.started_ms)));
+            p.last_ms = Some(
+                p.last_ms
+                    .map_or(rec.finished_ms, |l| l.max(rec.finished_ms)),
+            );
+            let arm = rec.ingredients["arm"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if seen_arms.insert(arm.clone()) {
+                let model = c
+                    .arms
+                    .get(&arm)
+                    .map(|a| a.model.get_ref().clone())
+                    .unwrap_or_default();
+                p.models.push(ServedModel {
+                    arm,
+                    model,
+                    identity: crate::key::canonical(&rec.ingredients["model"]),
+                });
+            }
+            if p.guard_env.is_empty() {
+                let common: serde_json::Value =
+                    serde_json::from_slice(&job.store.get(&rec.common)?).map_err(|e| {
+                        StageError::Failed(format!("{stage} record's common ingredients: {e}"))
+                    })?;
+                p.guard_env = crate::key::canonical(&common["params"]["guard_env"]);
+            }
+        }
+    }
+    p.pipe_versions = versions.into_iter().collect();
+    p.hosts = hosts.into_iter().collect();
+    p.system_prompt = system;
+    Ok(p)
 }
 
 /// What the report is built from, read from the upstream manifests.
@@ -87,12 +203,17 @@ pub fn input(job: &Job<'_>) -> Result<ReportInput, StageError> {
         }
     }
     let mut trials = Vec::new();
+    let mut system = None;
     for stage in ["trial", "eval"] {
         if !job.upstream.contains_key(stage) {
             continue;
         }
-        trials.extend(rows(stage, job.manifest(stage)?)?);
+        for (row, sys) in rows_with_transcripts(job.store, stage, job.manifest(stage)?)? {
+            system.get_or_insert(sys);
+            trials.push(row);
+        }
     }
+    let provenance = provenance(job, system)?;
     let extract = if job.upstream.contains_key("extract") {
         let mut counts: BTreeMap<String, ExtractCounts> = BTreeMap::new();
         for ex in super::extract::read_all(job)? {
@@ -138,6 +259,7 @@ pub fn input(job: &Job<'_>) -> Result<ReportInput, StageError> {
         trials,
         extract,
         training,
+        provenance: Some(provenance),
     })
 }
 

@@ -9,6 +9,7 @@
 //! Depends on [`crate::chat`] (the model behind a trait) and [`crate::guard`]; never on the
 //! store or the stages.
 
+pub mod cause;
 pub mod extract;
 pub mod prompts;
 
