@@ -243,4 +243,23 @@ for name in "${wanted[@]}"; do
   echo "setup: models/$file ok (sha256 verified)"
 done
 
+# ---------------------------------------------------------------------------------------------
+# 5. The report's browser check: Debian's Chromium, driven by Playwright from a venv of its own
+# (kept apart from .venv, which the sandbox runs and whose identity is in every trial key).
+# Playwright's own browser download is never used: it runs /usr/bin/chromium.
+BROWSER_VENV=$REPO/.venv-browser
+BROWSER_PINS=(playwright==1.65.2)
+command -v chromium >/dev/null 2>&1 || apt_install chromium
+if [ ! -x "$BROWSER_VENV/bin/python" ] || [ "$(cat "$BROWSER_VENV/.pipe-pins" 2>/dev/null)" != "${BROWSER_PINS[*]}" ]; then
+  rm -rf "$BROWSER_VENV"
+  "$PY" -m venv "$BROWSER_VENV"
+  "$BROWSER_VENV/bin/python" -m pip install -q --disable-pip-version-check --no-input "${BROWSER_PINS[@]}"
+  printf '%s\n' "${BROWSER_PINS[*]}" >"$BROWSER_VENV/.pipe-pins"
+fi
+if command -v chromium >/dev/null 2>&1; then
+  echo "setup: browser check: $(chromium --version 2>/dev/null | head -n1), ${BROWSER_PINS[*]}"
+else
+  echo "setup: WARNING: no chromium; the report's browser test will be skipped" >&2
+fi
+
 echo "setup: ok"

@@ -139,3 +139,142 @@ fn find_output(v: &Value, name: &str) -> Option<String> {
         _ => None,
     }
 }
+
+/// A scripted run whose failures have known causes, one task each, through the real guards
+/// and the report stage: the cause table, trials.csv and the transcripts say what happened.
+#[test]
+fn failure_causes_of_a_scripted_run() {
+    use common::scripted::{IMPL, completion, py};
+    let srv = Server::start(|r: &Request| {
+        if !r.is_chat() {
+            return Reply::Json(404, json!({}), vec![]);
+        }
+        let u = r.user();
+        let task = [
+            "Stack",
+            "Queue",
+            "Calculator",
+            "LRUCache",
+            "SimpleTemplate",
+            "PasswordValidator",
+        ]
+        .into_iter()
+        .find(|c| u.contains(&format!("`{c}`")))
+        .unwrap_or("?");
+        if r.is_tests_step() {
+            match task {
+                // pytest used, never imported: a NameError once the implementation runs.
+                "Stack" => Reply::Content(py(
+                    "from implementation import Stack\n\n\ndef test_pop_empty():\n    with pytest.raises(IndexError):\n        Stack().pop()\n",
+                )),
+                // Cut off by max_tokens mid-definition.
+                "Queue" => {
+                    let mut c =
+                        completion("```python\nfrom implementation import Queue\n\ndef test_q(:\n");
+                    c["choices"][0]["finish_reason"] = json!("length");
+                    Reply::Json(200, c, vec![])
+                }
+                "Calculator" => Reply::Content(py("def test_add(:\n    pass\n")),
+                "LRUCache" => Reply::Content(py("from implementation import LRUCache\n")),
+                "SimpleTemplate" => Reply::Content(py(
+                    "from implementation import SimpleTemplate\n\n\ndef test_render():\n    assert SimpleTemplate('a').render() == 'a'\n",
+                )),
+                _ => Reply::Content(py(
+                    "from implementation import PasswordValidator\n\n\ndef test_ok():\n    assert PasswordValidator().validate('x')\n",
+                )),
+            }
+        } else {
+            match task {
+                "Stack" => Reply::Content(py(IMPL)),
+                "SimpleTemplate" => Reply::Content(py(
+                    "class SimpleTemplate:\n    def __init__(self, t):\n        self.t = t\n\n    def render(self):\n        return 'b'\n",
+                )),
+                "LRUCache" => Reply::Content(py("class LRUCache:\n    pass\n")),
+                _ => Reply::Content(py(
+                    "class PasswordValidator:\n    def validate(self, pw):\n        raise KeyError(pw)\n",
+                )),
+            }
+        }
+    });
+    let tasks = [
+        "stack",
+        "queue",
+        "calculator",
+        "lru_cache",
+        "template",
+        "password",
+    ];
+    let p = Project::openai(&srv.url, &tasks, 1, 0, "");
+    p.baseline_only();
+    build(&p, &["build", "report", "--json"]);
+    let dir = p.path("reports");
+
+    let mut rd = csv::Reader::from_path(dir.join("trials.csv")).unwrap();
+    let head = rd.headers().unwrap().clone();
+    let col = |n: &str| head.iter().position(|h| h == n).unwrap();
+    let mut causes = std::collections::BTreeMap::new();
+    for r in rd.records() {
+        let r = r.unwrap();
+        causes.insert(
+            r[col("task")].to_string(),
+            (
+                r[col("cause")].to_string(),
+                r[col("failed_step")].to_string(),
+                r[col("truncated_attempts")].to_string(),
+            ),
+        );
+    }
+    let want = [
+        ("stack", "name_error", "impl", "0"),
+        ("queue", "truncated", "tests", "1"),
+        ("calculator", "syntax", "tests", "0"),
+        ("lru_cache", "no_tests", "impl", "0"),
+        ("template", "assertion", "impl", "0"),
+        ("password", "exception", "impl", "0"),
+    ];
+    for (task, cause, step, cut) in want {
+        assert_eq!(
+            causes[task],
+            (cause.to_string(), step.to_string(), cut.to_string()),
+            "{task}"
+        );
+    }
+
+    // The same counts in summary.csv's cause columns, per task.
+    let mut rd = csv::Reader::from_path(dir.join("summary.csv")).unwrap();
+    let head = rd.headers().unwrap().clone();
+    let col = |n: &str| head.iter().position(|h| h == n).unwrap();
+    for r in rd.records() {
+        let r = r.unwrap();
+        if &r[1] != "base" {
+            continue;
+        }
+        if let Some((_, cause, ..)) = want.iter().find(|w| w.0 == &r[0]) {
+            assert_eq!(&r[col(&format!("cause_{cause}"))], "1", "{r:?}");
+        } else {
+            assert_eq!(&r[0], "overall");
+            assert_eq!(&r[col("truncated_attempts")], "1");
+            assert_eq!(&r[col("failed_at_tests")], "2");
+            assert_eq!(&r[col("failed_at_impl")], "4");
+        }
+    }
+
+    // The page: the cause table, each trial's transcript with the model's own words, and how
+    // the trials were run.
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    common::html_ids(&html);
+    for want in [
+        "Why trials failed",
+        "NameError",
+        "truncated reply",
+        "no tests ran",
+        "id=\"t-stack-base-0\"",
+        "with pytest.raises(IndexError):",
+        "name &#39;pytest&#39; is not defined",
+        "cut off at max_tokens",
+        "test-model",
+        "max_tokens",
+    ] {
+        assert!(html.contains(want), "report.html lacks {want}");
+    }
+}

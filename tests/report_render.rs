@@ -840,7 +840,10 @@ fn failure_causes_primary_comparison_holm_and_cmh() {
     // Up front: the question, the primary comparison and its verdict.
     let q = md.find("## Question and setup").expect("question section");
     assert!(q < md.find("## Overview").unwrap());
-    assert!(md.contains("**Primary comparison:** base → finetuned, overall"), "{md}");
+    assert!(
+        md.contains("**Primary comparison:** base → finetuned, overall"),
+        "{md}"
+    );
     // Holm over the three per-task tests (the overall one is primary).
     let ps: Vec<f64> = PASSES
         .iter()

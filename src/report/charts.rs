@@ -106,6 +106,16 @@ fn arm_names(a: &Analysis) -> Vec<String> {
     a.arms.iter().map(|a| a.name.clone()).collect()
 }
 
+/// A name as charts show it: long ones shortened with "…" (the tables carry them whole), so
+/// legends and row labels stay inside the chart.
+fn short_name(n: &str) -> String {
+    if n.chars().count() > 28 {
+        n.chars().take(27).chain(['…']).collect()
+    } else {
+        n.to_string()
+    }
+}
+
 /// Legend boxes for the arms, in a row under the title.
 fn legend(root: &Area, names: &[String], y: i32) -> Res {
     let mut x = 60;
@@ -114,13 +124,8 @@ fn legend(root: &Area, names: &[String], y: i32) -> Res {
             [(x, y), (x + 12, y + 12)],
             colour(i).filled(),
         ))?;
-        // Long names are shortened (the tables carry them whole) so the legend stays inside
-        // the chart: ≈ 9 px a character at this size.
-        let shown: String = if n.chars().count() > 28 {
-            n.chars().take(27).chain(['…']).collect()
-        } else {
-            n.clone()
-        };
+        // ≈ 9 px a character at this size.
+        let shown = short_name(n);
         label(root, &shown, (x + 16, y + 6), 15, HPos::Left, VPos::Center)?;
         x += 30 + 9 * shown.chars().count() as i32;
     }
@@ -332,10 +337,10 @@ pub fn heatmap(a: &Analysis) -> String {
     let cw = 92i32;
     let ch = 34i32;
     let left = 20
-        + 8 * a
+        + 9 * a
             .arms
             .iter()
-            .map(|a| a.name.chars().count().min(30))
+            .map(|a| short_name(&a.name).chars().count())
             .max()
             .unwrap_or(4) as i32;
     let top = 64i32;
@@ -356,9 +361,9 @@ pub fn heatmap(a: &Analysis) -> String {
             let y = top + ai as i32 * ch;
             label(
                 root,
-                &arm.name,
+                &short_name(&arm.name),
                 (left - 8, y + ch / 2),
-                13,
+                15,
                 HPos::Right,
                 VPos::Center,
             )?;
@@ -397,7 +402,7 @@ pub fn heatmap(a: &Analysis) -> String {
             root,
             "100%",
             (left + steps * sw, y + 16),
-            11,
+            14,
             HPos::Right,
             VPos::Top,
         )
