@@ -46,8 +46,8 @@ pub(super) fn block(x: &[f32], out: &mut [u8]) -> Result<(), BlockError> {
         *b = nearest_int(iscale * s).min(127) as i8 as u8;
     }
     let d = d.to_f32();
-    for j in 0..16 {
-        let dj = d * f32::from(sc[j] as i8);
+    for (j, &s) in sc.iter().enumerate() {
+        let dj = d * f32::from(s as i8);
         if dj == 0.0 {
             continue;
         }

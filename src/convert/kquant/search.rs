@@ -11,10 +11,17 @@
 //! multiply-adds, so that the same input gives llama.cpp's bytes (checked by
 //! `benches/kquant.rs` against llama.cpp's own library).
 
-/// Round to the nearest integer, ties to even: what ggml's `nearest_int` does with its
-/// 1.5·2²³ trick, so ties go the way llama.cpp's do.
+/// Round to the nearest integer, ties to even, as ggml's `nearest_int` does, so ties go the
+/// way llama.cpp's do. The same 1.5·2²³ trick: adding it leaves the rounded integer in the
+/// low mantissa bits. It is several times faster than `round_ties_even`, which without
+/// SSE4.1 is a libm call — and this runs ~25 times per value quantised.
 pub(super) fn nearest_int(v: f32) -> i32 {
-    v.round_ties_even() as i32
+    if v.abs() <= 4_194_303.0 {
+        ((v + 12_582_912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+    } else {
+        // Beyond the trick's range (and NaN, which becomes 0): the callers clamp anyway.
+        v.round_ties_even() as i32
+    }
 }
 
 /// Below this a group counts as all zero (ggml's `GROUP_MAX_EPS`).
