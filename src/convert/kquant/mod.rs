@@ -8,7 +8,7 @@
 //! model. llama.cpp's reference path searches each sub-block's scale (and, for Q4_K, min) by
 //! weighted least squares over a sweep of candidate scales ([`search`]), then rounds the
 //! values again against the scales as actually stored. Doing the same gives llama.cpp's
-//! quality, and (checked byte for byte by `benches/kquant.rs`) llama.cpp's bytes.
+//! quality, and llama.cpp's bytes (byte for byte: `scripts/kquant_vs_llamacpp.py`).
 //!
 //! Store-free and single-threaded: the merge runs chunks of rows in parallel around it.
 

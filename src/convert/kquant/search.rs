@@ -8,8 +8,9 @@
 //! 32 values.
 //!
 //! The arithmetic follows llama.cpp's operation by operation, in f32 and without fused
-//! multiply-adds, so that the same input gives llama.cpp's bytes (checked by
-//! `benches/kquant.rs` against llama.cpp's own library).
+//! multiply-adds, so that the same input gives llama.cpp's bytes (pinned by the unit test
+//! `bytes_are_llama_cpps`, checked against llama.cpp's own library by
+//! `scripts/kquant_vs_llamacpp.py`).
 
 /// Round to the nearest integer, ties to even, as ggml's `nearest_int` does, so ties go the
 /// way llama.cpp's do. The same 1.5·2²³ trick: adding it leaves the rounded integer in the
