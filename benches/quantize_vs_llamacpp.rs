@@ -7,7 +7,8 @@
 //!
 //! `PIPE_BENCH_LLAMA_PY` is a Python with `llama-cpp-python` (it builds llama.cpp from source:
 //! `pip install llama-cpp-python`, ≈ 7 minutes on 2 cores); `PIPE_BENCH_F16` an f16 GGUF, e.g.
-//! convert's `model-f16.gguf` (`pipe export dir`).
+//! convert's `model-f16.gguf` (`pipe export dir`). `PIPE_BENCH_KEEP=dir` keeps both q4_k_m
+//! files there (for `scripts/kquant_vs_llamacpp.py models`).
 
 #![allow(clippy::print_stdout)]
 
@@ -39,8 +40,9 @@ fn main() {
     let py =
         std::env::var("PIPE_BENCH_LLAMA_PY").expect("PIPE_BENCH_LLAMA_PY: python with llama_cpp");
     let dir = tempfile::tempdir().expect("temp dir");
-    let ours = dir.path().join("ours-q4_k_m.gguf");
-    let theirs = dir.path().join("llamacpp-q4_k_m.gguf");
+    let out = std::env::var_os("PIPE_BENCH_KEEP").map_or(dir.path().to_path_buf(), PathBuf::from);
+    let ours = out.join("ours-q4_k_m.gguf");
+    let theirs = out.join("llamacpp-q4_k_m.gguf");
 
     let t = Instant::now();
     let stats = merge_gguf(

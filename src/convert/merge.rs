@@ -5,9 +5,11 @@
 //! Rows are independent in every ggml type (blocks run along a row), so a chunk of rows of
 //! the base dequantises on its own, gets its rows of `B·A` added, and quantises on its own;
 //! the chunks' bytes, concatenated, are the tensor's. Chunks run in parallel (rayon), and are
-//! written in order.
+//! written in order. The quantised types are encoded by [`super::kquant`] (llama.cpp's searched
+//! scales); f16 and f32 by candle's conversion.
 
 use super::gguf_out::{DEFAULT_ALIGNMENT, GgufWriter, Planned};
+use super::kquant;
 use super::quant::{Quantization, tensor_type};
 use crate::model::config;
 use crate::model::lora::Adapter;
@@ -244,6 +246,22 @@ fn convert_rows(
     let mut w = ggml_file::qtensor_from_ggml(from, raw, vec![n, cols], &cpu)?.dequantize(&cpu)?;
     if let Some((b, a)) = delta {
         w = (w + b.narrow(0, first, n)?.matmul(a)?)?;
+    }
+    if kquant::encodes(to) {
+        let xs = w.flatten_all()?.to_vec1::<f32>()?;
+        return kquant::quantize(&xs, to).map_err(|e| {
+            let at = |i: usize| format!("row {}, column {}", first + i / cols, i % cols);
+            candle_core::Error::Msg(match e {
+                kquant::QuantError::NonFinite { at: i, value } => {
+                    format!("{} is {value}", at(i))
+                }
+                kquant::QuantError::ScaleOverflow { at: i, what, value } => format!(
+                    "the block at {} needs a {what} of {value}, beyond f16",
+                    at(i)
+                ),
+                e => e.to_string(),
+            })
+        });
     }
     let q = QTensor::quantize(&w, to)?;
     Ok(q.data()?.into_owned())

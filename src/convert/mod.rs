@@ -4,6 +4,7 @@
 //! Store-free, like [`crate::model`]: `stages/convert.rs` is the glue.
 
 pub mod gguf_out;
+pub mod kquant;
 pub mod merge;
 pub mod ollama;
 pub mod quant;
