@@ -878,7 +878,7 @@ fn failure_causes_primary_comparison_holm_and_cmh() {
 }
 
 /// Transcripts sit in the page, one collapsible trial each, reachable from its cell's list
-/// (always open), with a filter to failures; too large, they move to `transcripts.html`.
+/// (always open), with a filter to failures; too large, they move to one page per task × arm.
 #[test]
 fn transcripts_in_the_page_or_beside_it() {
     let mut inp = input();
@@ -895,7 +895,7 @@ fn transcripts_in_the_page_or_beside_it() {
         ];
     }
     let r = render(&inp);
-    assert!(r.get("transcripts.html").is_none());
+    assert!(!r.files.iter().any(|(n, _)| n.starts_with("transcripts")));
     let html = text(&r, "report.html");
     let doc = parse(&html);
     let li = doc
@@ -923,14 +923,20 @@ fn transcripts_in_the_page_or_beside_it() {
         t.attempts = vec![attempt("tests", 0, true, None, 220_000)];
     }
     let r = render(&inp);
-    let page = text(&r, "transcripts.html");
+    let page = text(&r, "transcripts-stack-base.html");
+    let pages = r
+        .files
+        .iter()
+        .filter(|(n, _)| n.starts_with("transcripts-"))
+        .count();
+    assert_eq!(pages, 3 * 2, "one page per task × arm");
     let html = text(&r, "report.html");
     assert!(
         html.len() < 1 << 20,
         "report.html stays small: {}",
         html.len()
     );
-    assert!(html.contains("href=\"transcripts.html#t-stack-base-0\""));
+    assert!(html.contains("href=\"transcripts-stack-base.html#t-stack-base-0\""));
     let sib = parse(&page);
     assert!(
         sib.descendants()

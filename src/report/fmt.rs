@@ -45,19 +45,27 @@ pub fn ci(lo: f64, hi: f64) -> String {
 
 /// Text for XML/XHTML content or a quoted attribute: the five specials escaped, characters
 /// XML 1.0 forbids dropped.
+///
+/// Copies runs of plain text whole (transcripts make this the report's hot loop: hundreds of MB
+/// at 10,000 trials).
 pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c if xml_char(c) => out.push(c),
-            _ => {}
-        }
+    let mut plain = 0;
+    for (i, c) in s.char_indices() {
+        let rep = match c {
+            '&' => "&amp;",
+            '<' => "&lt;",
+            '>' => "&gt;",
+            '"' => "&quot;",
+            '\'' => "&#39;",
+            c if xml_char(c) => continue,
+            _ => "",
+        };
+        out.push_str(&s[plain..i]);
+        out.push_str(rep);
+        plain = i + c.len_utf8();
     }
+    out.push_str(&s[plain..]);
     out
 }
 

@@ -131,9 +131,10 @@ pub fn render(a: &Analysis, doc: &Doc) -> String {
     out
 }
 
-/// Above this many bytes of transcript text the transcripts leave `report.html` for a sibling
-/// `transcripts.html`: a browser opens a page of a few MB at once, one of 50–100 MB (10,000
-/// trials) only slowly. Below it the report stays one self-contained file.
+/// Above this many bytes of transcript text the transcripts leave `report.html` for one sibling
+/// page per task × arm (`transcripts-<task>-<arm>.html`): a browser opens a page of a few MB at
+/// once, the 300 MB of 10,000 trials' transcripts never. Below it the report stays one
+/// self-contained file.
 pub const INLINE_TRANSCRIPTS: usize = 8 << 20;
 
 /// Where the transcripts go.
@@ -141,7 +142,7 @@ pub const INLINE_TRANSCRIPTS: usize = 8 << 20;
 pub enum Transcripts {
     /// Inside `report.html`, each trial collapsible.
     Inline,
-    /// In `transcripts.html`, which the trial lists link to.
+    /// In one page per task × arm beside the report, which the trial lists link to.
     Sibling,
 }
 
@@ -165,7 +166,7 @@ fn trial_lists(out: &mut String, a: &Analysis) {
     let place = placement(a);
     out.push_str("<p class=\"filter\"><label><input type=\"checkbox\" id=\"only-failed\"/> show failed trials only</label></p>\n");
     if place == Transcripts::Sibling {
-        out.push_str("<p class=\"muted\">The transcripts are too large for this page: each trial links to its transcript in <a href=\"transcripts.html\">transcripts.html</a>, beside this file.</p>\n");
+        out.push_str("<p class=\"muted\">The transcripts are too large for this page: each trial links to its transcript in a page of its task and arm beside this file (<code>transcripts-&lt;task&gt;-&lt;arm&gt;.html</code>).</p>\n");
     }
     for (ai, arm) in a.arms.iter().enumerate() {
         let o = &a.overall[ai];
@@ -231,7 +232,8 @@ fn trial_item(out: &mut String, t: &super::TrialRow, place: Transcripts) {
         (Transcripts::Sibling, false) => {
             let _ = writeln!(
                 out,
-                "<li class=\"trial {class}\" id=\"{id}\"><a href=\"transcripts.html#{id}\">{head}</a></li>"
+                "<li class=\"trial {class}\" id=\"{id}\"><a href=\"{}#{id}\">{head}</a></li>",
+                transcripts_file(&t.task, &t.arm)
             );
         }
         (Transcripts::Inline, false) => {
@@ -300,40 +302,47 @@ fn block(out: &mut String, what: &str, text: &str) {
     );
 }
 
-/// `transcripts.html`, when the transcripts do not fit in the report: every trial, grouped as
-/// in the report, each opened by a link from it.
-pub fn transcripts_page(a: &Analysis) -> String {
-    let mut out = String::new();
-    let title = format!("Transcripts: {}", a.input.experiment);
-    out.push_str("<!DOCTYPE html>\n<html xmlns=\"http://www.w3.org/1999/xhtml\" lang=\"en\" xml:lang=\"en\">\n<head>\n<meta charset=\"utf-8\"/>\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"/>\n");
-    let _ = writeln!(out, "<title>{}</title>", esc(&title));
-    let _ = writeln!(out, "<style>{CSS}</style>\n</head>\n<body>\n<main>");
-    let _ = writeln!(
-        out,
-        "<h1>{}</h1>\n<p><a href=\"report.html\">back to the report</a></p>",
-        esc(&title)
-    );
-    out.push_str("<p class=\"filter\"><label><input type=\"checkbox\" id=\"only-failed\"/> show failed trials only</label></p>\n");
+/// The page holding the transcripts of one task × arm, when they do not fit in the report.
+pub fn transcripts_file(task: &str, arm: &str) -> String {
+    format!(
+        "transcripts-{}.html",
+        cell_id(task, arm).trim_start_matches("trials-")
+    )
+}
+
+/// The transcript pages, when the transcripts do not fit in the report: one per task × arm
+/// with trials, as (file name, page).
+pub fn transcript_pages(a: &Analysis) -> Vec<(String, String)> {
+    let mut pages = Vec::new();
     for (ai, arm) in a.arms.iter().enumerate() {
         for (ti, task) in a.tasks.iter().enumerate() {
             let c = &a.cells[ti][ai];
             if c.trials.is_empty() {
                 continue;
             }
+            let mut out = String::new();
+            let title = format!(
+                "Transcripts: {} × {} ({})",
+                task.id, arm.name, a.input.experiment
+            );
+            out.push_str("<!DOCTYPE html>\n<html xmlns=\"http://www.w3.org/1999/xhtml\" lang=\"en\" xml:lang=\"en\">\n<head>\n<meta charset=\"utf-8\"/>\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"/>\n");
+            let _ = writeln!(out, "<title>{}</title>", esc(&title));
+            let _ = writeln!(out, "<style>{CSS}</style>\n</head>\n<body>\n<main>");
             let _ = writeln!(
                 out,
-                "<h2>{} × {}: {}/{} passed</h2>\n<ul class=\"tl\">",
-                esc(&task.id),
-                esc(&arm.name),
+                "<h1>{}</h1>\n<p><a href=\"report.html#{}\">back to the report</a> · {}/{} passed</p>",
+                esc(&title),
+                cell_id(&task.id, &arm.name),
                 c.successes,
                 c.n
             );
+            out.push_str("<p class=\"filter\"><label><input type=\"checkbox\" id=\"only-failed\"/> show failed trials only</label></p>\n<ul class=\"tl\">\n");
             for t in &c.trials {
                 trial_item(&mut out, t, Transcripts::Inline);
             }
-            out.push_str("</ul>\n");
+            out.push_str("</ul>\n</main>\n</body>\n</html>\n");
+            pages.push((transcripts_file(&task.id, &arm.name), out));
         }
     }
-    out.push_str("</main>\n</body>\n</html>\n");
-    out
+    pages
 }

@@ -228,8 +228,8 @@ pub struct Training {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
     /// File name → bytes, in a fixed order: `report.md`, `report.html`, `trials.csv`,
-    /// `trials.jsonl`, `summary.csv`, `summary.json`, and `transcripts.html` when the
-    /// transcripts are too large to sit inside `report.html`.
+    /// `trials.jsonl`, `summary.csv`, `summary.json`, and one `transcripts-<task>-<arm>.html`
+    /// per task × arm when the transcripts are too large to sit inside `report.html`.
     pub files: Vec<(String, Vec<u8>)>,
 }
 
@@ -263,10 +263,11 @@ pub fn render(input: &ReportInput) -> Rendered {
         ("summary.json".to_string(), tables::summary_json(&a)),
     ];
     if html::placement(&a) == html::Transcripts::Sibling {
-        files.push((
-            "transcripts.html".to_string(),
-            html::transcripts_page(&a).into_bytes(),
-        ));
+        files.extend(
+            html::transcript_pages(&a)
+                .into_iter()
+                .map(|(name, page)| (name, page.into_bytes())),
+        );
     }
     Rendered { files }
 }
