@@ -232,9 +232,9 @@ pub fn n_per_arm_for_power(p1: f64, p2: f64, alpha: f64, power: f64) -> Option<u
 /// `k` has the same hypergeometric null distribution over its top-left cell, so the tables
 /// whose p-value is `≤ alpha` are found once per `k` — a cell's p-value is the sum over the
 /// cells no more probable (ties within [`FISHER_REL_TOL`], as the test itself judges them),
-/// and the distribution is unimodal, so the rejected cells are the two tails, taken least
-/// probable first — and their binomial probabilities added. Only the tails are visited:
-/// n = 2,000 per arm takes milliseconds.
+/// and the distribution is unimodal, so the rejected cells are the two tails and the accepted
+/// ones the centre: the centre, walked outwards from the mode, is what is visited, and the
+/// power is one minus its binomial probability. n = 5,000 per arm takes milliseconds.
 ///
 /// Why not the normal approximation: at rates near 0% or 100%, where this experiment lives,
 /// it promises far more than Fisher's test delivers (0% → 5% with 78 per arm: 20% power, not
@@ -261,38 +261,50 @@ pub fn fisher_power(n: u64, p1: f64, p2: f64, alpha: f64) -> f64 {
     };
     let (b1, b2) = (pmf(p1), pmf(p2));
     let tol = FISHER_REL_TOL.ln_1p();
-    let mut power = 0.0;
+    // Power = 1 − P(accepted). The accepted cells of each k are the central ones (p-value
+    // above alpha): walked outwards from the mode of the null distribution, most probable
+    // first, a group of ties at a time, until the mass left — the p-value of the next group —
+    // is at most alpha. That visits ~4σ cells per k instead of the two long tails: n = 5,000
+    // per arm costs ~1.5 M cells, not 25 M.
+    let mut accepted = 0.0;
     for k in 0..=2 * nu {
-        // The null distribution of the top-left cell x (x + y = k) is unimodal, so its cells
-        // in increasing probability come off the two ends; only the tails, up to a p-value
-        // above alpha, are ever visited.
         let ln_w = |x: usize| lnc[x] + lnc[k - x] - lnc2[k];
-        let (mut l, mut r) = (k.saturating_sub(nu) as i64, k.min(nu) as i64);
-        let mut below = 0.0;
-        while l <= r {
-            let cut = ln_w(l as usize).min(ln_w(r as usize)) + tol;
+        let (lo, hi) = (k.saturating_sub(nu), k.min(nu));
+        // Both arms have n trials, so the mode is ⌊(k + 1) / 2⌋ (or its neighbour).
+        let m = (k.div_ceil(2)).clamp(lo, hi);
+        // Taken so far: [l, r) — empty at first.
+        let (mut l, mut r) = (m, m);
+        let mut mass = 0.0;
+        loop {
+            let left = (l > lo).then(|| ln_w(l - 1));
+            let right = (r <= hi).then(|| ln_w(r));
+            let top = match (left, right) {
+                (None, None) => break,
+                (Some(a), None) | (None, Some(a)) => a,
+                (Some(a), Some(b)) => a.max(b),
+            };
+            let cut = top - tol;
             let (mut group, mut hit) = (0.0, 0.0);
-            while l <= r && ln_w(l as usize) <= cut {
-                let x = l as usize;
-                group += ln_w(x).exp();
-                hit += b1[x] * b2[k - x];
-                l += 1;
+            while l > lo && ln_w(l - 1) >= cut {
+                l -= 1;
+                group += ln_w(l).exp();
+                hit += b1[l] * b2[k - l];
             }
-            while l <= r && ln_w(r as usize) <= cut {
-                let x = r as usize;
-                group += ln_w(x).exp();
-                hit += b1[x] * b2[k - x];
-                r -= 1;
+            while r <= hi && ln_w(r) >= cut {
+                group += ln_w(r).exp();
+                hit += b1[r] * b2[k - r];
+                r += 1;
             }
-            // Every cell of this group has a p-value of at least below + group.
-            if below + group > alpha {
+            // This group's p-value: the mass of every cell not more probable than it.
+            if 1.0 - mass <= alpha {
                 break;
             }
-            power += hit;
-            below += group;
+            accepted += hit;
+            mass += group;
         }
     }
-    power.min(1.0)
+    let power = 1.0 - accepted;
+    power.clamp(0.0, 1.0)
 }
 
 /// The smallest number of trials per arm at which [`fisher_power`] reaches `power`, searched
