@@ -6,7 +6,7 @@
 //! split into a low nibble in bytes 8–11 and two high bits on top of bytes 0–7), qs[128]
 //! (each 64 values as 32 bytes: the first 32 in the low nibbles, the next 32 in the high).
 
-use super::search::{Sweep, fit_scale_min, nearest_int};
+use super::search::{LANES, Sweep, fit_scale_min, nearest_int};
 use super::{BlockError, f16_of};
 
 pub(super) const VALUES: usize = 256;
@@ -21,29 +21,30 @@ const SWEEP: Sweep = Sweep {
 
 /// Encode one block of 256 values into `out` (144 bytes).
 pub(super) fn block(x: &[f32], out: &mut [u8]) -> Result<(), BlockError> {
-    let mut levels = [0u8; VALUES];
-    let mut aux = [0u8; 32];
-    let mut weights = [0f32; 32];
-    let mut scales = [0f32; 8];
-    let mut mins = [0f32; 8];
-    for j in 0..8 {
+    // Sub-block j's value i at [i][j]: the eight are fitted side by side.
+    let mut xt = [[0f32; LANES]; 32];
+    let mut wt = [[0f32; LANES]; 32];
+    for j in 0..LANES {
         let sub = &x[32 * j..32 * j + 32];
         // Weight each value by the sub-block's RMS plus its own magnitude: large values
         // matter more to a matrix product, but the small ones are not ignored.
         let sum_x2: f32 = sub.iter().fold(0.0, |s, v| s + v * v);
         let av_x = (sum_x2 / 32.0).sqrt();
-        for (w, v) in weights.iter_mut().zip(sub) {
-            *w = av_x + v.abs();
+        for (i, &v) in sub.iter().enumerate() {
+            xt[i][j] = v;
+            wt[i][j] = av_x + v.abs();
         }
-        (scales[j], mins[j]) = fit_scale_min(
-            sub,
-            &weights,
-            15,
-            &SWEEP,
-            &mut levels[32 * j..32 * j + 32],
-            &mut aux,
-        );
     }
+    let mut lt = [[0u8; LANES]; 32];
+    let fits = fit_scale_min(&xt, &wt, 15, &SWEEP, &mut lt);
+    let mut levels = [0u8; VALUES];
+    for (i, row) in lt.iter().enumerate() {
+        for j in 0..LANES {
+            levels[32 * j + i] = row[j];
+        }
+    }
+    let scales: [f32; 8] = fits.map(|f| f.0);
+    let mins: [f32; 8] = fits.map(|f| f.1);
     let max_scale = scales.iter().fold(0f32, |m, &s| if s > m { s } else { m });
     let max_min = mins.iter().fold(0f32, |m, &s| if s > m { s } else { m });
     let inv_scale = if max_scale > 0.0 {

@@ -6,7 +6,7 @@
 //! l, l+32, l+64, l+96 (l < 32) share ql[l] / ql[l+32] low and high nibbles and the four
 //! bit pairs of qh[l].
 
-use super::search::{GROUP_MAX_EPS, fit_signed_scale, nearest_int};
+use super::search::{GROUP_MAX_EPS, LANES, fit_signed_scale, nearest_int};
 use super::{BlockError, f16_of};
 
 pub(super) const VALUES: usize = 256;
@@ -14,18 +14,32 @@ pub(super) const BYTES: usize = 210;
 
 /// Encode one block of 256 values into `out` (210 bytes).
 pub(super) fn block(x: &[f32], out: &mut [u8]) -> Result<(), BlockError> {
+    // Sixteen sub-blocks of 16, fitted eight side by side (sub-block 8h + j at [i][j]).
     let mut levels = [0i8; VALUES];
     let mut scales = [0f32; 16];
+    for h in 0..2 {
+        let mut xt = [[0f32; LANES]; 16];
+        for j in 0..LANES {
+            let ib = LANES * h + j;
+            for i in 0..16 {
+                xt[i][j] = x[16 * ib + i];
+            }
+        }
+        let mut lt = [[0i8; LANES]; 16];
+        let fit = fit_signed_scale(&xt, 32, &mut lt);
+        for j in 0..LANES {
+            let ib = LANES * h + j;
+            scales[ib] = fit[j];
+            for i in 0..16 {
+                levels[16 * ib + i] = lt[i][j];
+            }
+        }
+    }
     let (mut max_scale, mut max_abs) = (0f32, 0f32);
-    for (ib, s) in scales.iter_mut().enumerate() {
-        *s = fit_signed_scale(
-            &x[16 * ib..16 * ib + 16],
-            32,
-            &mut levels[16 * ib..16 * ib + 16],
-        );
+    for &s in &scales {
         if s.abs() > max_abs {
             max_abs = s.abs();
-            max_scale = *s;
+            max_scale = s;
         }
     }
     out.fill(0);

@@ -25,6 +25,16 @@ pub(super) fn nearest_int(v: f32) -> i32 {
     }
 }
 
+/// [`nearest_int`] for values the caller knows are small (|v| < 2²²): no range check, so the
+/// searches' inner loops stay branch-free and vectorise. Every caller's value is a level of a
+/// few bits scaled by an `iscale` fitted to the same data, so it cannot be large; NaN never
+/// reaches here (the encoders refuse non-finite input first).
+#[inline(always)]
+fn nearest_small(v: f32) -> i32 {
+    debug_assert!(v.abs() <= 4_194_303.0, "{v}");
+    ((v + 12_582_912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
 /// Below this a group counts as all zero (ggml's `GROUP_MAX_EPS`).
 pub(super) const GROUP_MAX_EPS: f32 = 1e-15;
 
@@ -36,128 +46,218 @@ pub(super) struct Sweep {
     pub nstep: i32,
 }
 
-/// An asymmetric fit `x ≈ scale·l − min`, l in 0..=nmax, minimising Σ w·(scale·l − min − x)²
-/// (`make_qkx2_quants` with squared error). Returns `(scale, min)`, min ≥ 0; the levels are
-/// left in `l`. `aux` is scratch of the same length.
+/// Sub-blocks fitted side by side by [`fit_scale_min`].
+pub(super) const LANES: usize = 8;
+
+/// Asymmetric fits `x ≈ scale·l − min`, l in 0..=nmax, each minimising Σ w·(scale·l − min − x)²
+/// (`make_qkx2_quants` with squared error), for [`LANES`] sub-blocks at once: `x[i][j]` and
+/// `w[i][j]` are value `i` of sub-block `j`. Returns per sub-block `(scale, min)`, min ≥ 0; the
+/// levels are left in `l[i][j]`.
 ///
 /// For each candidate iscale the levels are rounded, then scale and min are solved in closed
 /// form (2×2 weighted least squares); the min is kept ≤ 0 in value (a block that does not
 /// reach below zero keeps min 0, so a positive offset is never stored).
+///
+/// Why eight at once: each sub-block's sums must be added in llama.cpp's order (to give its
+/// bytes), a chain of dependent f32 additions that leaves the core idle between them; eight
+/// independent chains side by side (a vector lane each) keep it busy. Every lane performs
+/// exactly the operations, in exactly the order, of one sub-block fitted alone.
 pub(super) fn fit_scale_min(
-    x: &[f32],
-    w: &[f32],
+    x: &[[f32; LANES]],
+    w: &[[f32; LANES]],
     nmax: i32,
     sweep: &Sweep,
-    l: &mut [u8],
-    aux: &mut [u8],
-) -> (f32, f32) {
+    l: &mut [[u8; LANES]],
+) -> [(f32, f32); LANES] {
     let n = x.len();
+    let mut aux = vec![[0u8; LANES]; n];
     let (mut min, mut max) = (x[0], x[0]);
     let mut sum_w = w[0];
-    let mut sum_x = sum_w * x[0];
+    let mut sum_x = [0f32; LANES];
+    for j in 0..LANES {
+        sum_x[j] = sum_w[j] * x[0][j];
+    }
     for i in 1..n {
-        min = min.min(x[i]);
-        max = max.max(x[i]);
-        sum_w += w[i];
-        sum_x += w[i] * x[i];
+        for j in 0..LANES {
+            min[j] = min[j].min(x[i][j]);
+            max[j] = max[j].max(x[i][j]);
+            sum_w[j] += w[i][j];
+            sum_x[j] += w[i][j] * x[i][j];
+        }
     }
-    if min > 0.0 {
-        min = 0.0;
-    }
-    if max == min {
-        l.fill(0);
-        return (0.0, -min);
+    let mut flat = [false; LANES];
+    let mut range = [0f32; LANES];
+    for j in 0..LANES {
+        if min[j] > 0.0 {
+            min[j] = 0.0;
+        }
+        flat[j] = max[j] == min[j];
+        // A flat sub-block gets no levels (below); a stand-in range keeps its lane finite.
+        range[j] = if flat[j] { 1.0 } else { max[j] - min[j] };
     }
     let nmax_f = nmax as f32;
-    let mut iscale = nmax_f / (max - min);
-    let mut scale = 1.0 / iscale;
-    let mut best = 0.0f32;
+    let mut iscale = [0f32; LANES];
+    let mut scale = [0f32; LANES];
+    for j in 0..LANES {
+        iscale[j] = nmax_f / range[j];
+        scale[j] = 1.0 / iscale[j];
+    }
+    let mut best = [0f32; LANES];
     for i in 0..n {
-        let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax) as u8;
-        l[i] = q;
-        let diff = scale * f32::from(q) + min - x[i];
-        best += w[i] * (diff * diff);
+        for j in 0..LANES {
+            let q = nearest_small(iscale[j] * (x[i][j] - min[j])).clamp(0, nmax) as u8;
+            l[i][j] = q;
+            let diff = scale[j] * f32::from(q) + min[j] - x[i][j];
+            best[j] += w[i][j] * (diff * diff);
+        }
     }
     for step in 0..=sweep.nstep {
-        iscale = (sweep.rmin + sweep.rdelta * step as f32 + nmax_f) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
-        for i in 0..n {
-            let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-            aux[i] = q as u8;
-            let q = q as f32;
-            sum_l += w[i] * q;
-            sum_l2 += w[i] * q * q;
-            sum_xl += w[i] * q * x[i];
+        // As llama.cpp does, against the *current* min: a better fit found at an earlier step
+        // moves the range every later step divides.
+        for j in 0..LANES {
+            let r = if flat[j] { 1.0 } else { max[j] - min[j] };
+            iscale[j] = (sweep.rmin + sweep.rdelta * step as f32 + nmax_f) / r;
         }
-        let det = sum_w * sum_l2 - sum_l * sum_l;
-        if det > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
+        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+        for i in 0..n {
+            for j in 0..LANES {
+                let q = nearest_small(iscale[j] * (x[i][j] - min[j])).clamp(0, nmax);
+                aux[i][j] = q as u8;
+                let q = q as f32;
+                sum_l[j] += w[i][j] * q;
+                sum_l2[j] += w[i][j] * q * q;
+                sum_xl[j] += w[i][j] * q * x[i][j];
             }
-            let mut err = 0.0f32;
-            for i in 0..n {
-                let diff = this_scale * f32::from(aux[i]) + this_min - x[i];
-                err += w[i] * (diff * diff);
+        }
+        let (mut this_scale, mut this_min) = ([0f32; LANES], [0f32; LANES]);
+        let mut ok = [false; LANES];
+        for j in 0..LANES {
+            let det = sum_w[j] * sum_l2[j] - sum_l[j] * sum_l[j];
+            ok[j] = det > 0.0;
+            let d = if ok[j] { det } else { 1.0 };
+            this_scale[j] = (sum_w[j] * sum_xl[j] - sum_x[j] * sum_l[j]) / d;
+            this_min[j] = (sum_l2[j] * sum_x[j] - sum_l[j] * sum_xl[j]) / d;
+            if this_min[j] > 0.0 {
+                this_min[j] = 0.0;
+                this_scale[j] = sum_xl[j] / sum_l2[j];
             }
-            if err < best {
-                l[..n].copy_from_slice(&aux[..n]);
-                best = err;
-                scale = this_scale;
-                min = this_min;
+        }
+        let mut err = [0f32; LANES];
+        for i in 0..n {
+            for j in 0..LANES {
+                let diff = this_scale[j] * f32::from(aux[i][j]) + this_min[j] - x[i][j];
+                err[j] += w[i][j] * (diff * diff);
+            }
+        }
+        for j in 0..LANES {
+            if ok[j] && err[j] < best[j] {
+                for i in 0..n {
+                    l[i][j] = aux[i][j];
+                }
+                best[j] = err[j];
+                scale[j] = this_scale[j];
+                min[j] = this_min[j];
             }
         }
     }
-    (scale, -min)
+    let mut out = [(0f32, 0f32); LANES];
+    for j in 0..LANES {
+        out[j] = if flat[j] {
+            for row in l.iter_mut() {
+                row[j] = 0;
+            }
+            (0.0, -min[j])
+        } else {
+            (scale[j], -min[j])
+        };
+    }
+    out
 }
 
-/// A symmetric fit `x ≈ scale·l`, l in −nmax..nmax−1, weighted by x² so the large values
+/// Symmetric fits `x ≈ scale·l`, l in −nmax..nmax−1, weighted by x² so the large values
 /// (which dominate a matrix product) are fitted best (`make_qx_quants`, rmse_type 1, no
-/// importance matrix). Tries the plain scale and 18 nearby ones (nmax ± 0.1·k, k = 1..9) and
-/// keeps the one with the largest Σ(w·x·l)²/Σ(w·l²), i.e. the smallest weighted error at its
-/// optimal scale. Returns the scale (negative when the largest magnitude is positive — the
-/// sign carries which end gets the extra level); the levels + nmax are left in `l`.
-pub(super) fn fit_signed_scale(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
-    let (mut max, mut amax) = (0.0f32, 0.0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
+/// importance matrix), for [`LANES`] sub-blocks at once (`x[i][j]`: value `i` of sub-block
+/// `j`, as in [`fit_scale_min`], and for the same reason). Tries the plain scale and 18 nearby
+/// ones (nmax ± 0.1·k, k = 1..9) and keeps the one with the largest Σ(w·x·l)²/Σ(w·l²), i.e.
+/// the smallest weighted error at its optimal scale. Returns each scale (negative when the
+/// largest magnitude is positive — the sign carries which end gets the extra level); the
+/// levels + nmax are left in `l[i][j]`.
+pub(super) fn fit_signed_scale(
+    x: &[[f32; LANES]],
+    nmax: i32,
+    l: &mut [[i8; LANES]],
+) -> [f32; LANES] {
+    let n = x.len();
+    let (mut max, mut amax) = ([0f32; LANES], [0f32; LANES]);
+    for row in x {
+        for j in 0..LANES {
+            if row[j].abs() > amax[j] {
+                amax[j] = row[j].abs();
+                max[j] = row[j];
+            }
         }
     }
-    if amax < GROUP_MAX_EPS {
-        l.fill(0);
-        return 0.0;
+    let zero: [bool; LANES] = amax.map(|a| a < GROUP_MAX_EPS);
+    // A zero sub-block gets no levels (below); a stand-in keeps its lane finite.
+    for j in 0..LANES {
+        if zero[j] {
+            max[j] = 1.0;
+        }
     }
-    let level = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
-    let sums = |iscale: f32| {
-        let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
-        for &v in x {
-            let q = level(iscale, v) as f32;
-            let w = v * v;
-            sumlx += w * v * q;
-            suml2 += w * q * q;
+    let nmax_f = nmax as f32;
+    let mut aux = vec![[0i8; LANES]; n];
+    // Levels and the two sums for one iscale per lane, each lane in llama.cpp's order.
+    let sums = |iscale: &[f32; LANES], aux: &mut [[i8; LANES]]| {
+        let (mut sumlx, mut suml2) = ([0f32; LANES], [0f32; LANES]);
+        for (row, a) in x.iter().zip(aux.iter_mut()) {
+            for j in 0..LANES {
+                let v = row[j];
+                let q = nearest_small(iscale[j] * v).clamp(-nmax, nmax - 1);
+                a[j] = q as i8;
+                let q = q as f32;
+                let w = v * v;
+                sumlx[j] += w * v * q;
+                suml2[j] += w * q * q;
+            }
         }
         (sumlx, suml2)
     };
-    let iscale = -(nmax as f32) / max;
-    for (li, &v) in l.iter_mut().zip(x) {
-        *li = (level(iscale, v) + nmax) as i8;
+    let iscale: [f32; LANES] = max.map(|m| -nmax_f / m);
+    let (sumlx, suml2) = sums(&iscale, &mut aux);
+    let mut scale = [0f32; LANES];
+    let mut best = [0f32; LANES];
+    for j in 0..LANES {
+        scale[j] = if suml2[j] != 0.0 {
+            sumlx[j] / suml2[j]
+        } else {
+            0.0
+        };
+        best[j] = scale[j] * sumlx[j];
     }
-    let (sumlx, suml2) = sums(iscale);
-    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
-    let mut best = scale * sumlx;
+    for (a, out) in aux.iter().zip(l.iter_mut()) {
+        for j in 0..LANES {
+            out[j] = (i32::from(a[j]) + nmax) as i8;
+        }
+    }
     for k in (-9..=9).filter(|&k| k != 0) {
-        let iscale = -(nmax as f32 + 0.1 * k as f32) / max;
-        let (sumlx, suml2) = sums(iscale);
-        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for (li, &v) in l.iter_mut().zip(x) {
-                *li = (level(iscale, v) + nmax) as i8;
+        let iscale: [f32; LANES] = max.map(|m| -(nmax_f + 0.1 * k as f32) / m);
+        let (sumlx, suml2) = sums(&iscale, &mut aux);
+        for j in 0..LANES {
+            if suml2[j] > 0.0 && sumlx[j] * sumlx[j] > best[j] * suml2[j] {
+                for (a, out) in aux.iter().zip(l.iter_mut()) {
+                    out[j] = (i32::from(a[j]) + nmax) as i8;
+                }
+                scale[j] = sumlx[j] / suml2[j];
+                best[j] = scale[j] * sumlx[j];
             }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
+        }
+    }
+    for j in 0..LANES {
+        if zero[j] {
+            for out in l.iter_mut() {
+                out[j] = 0;
+            }
+            scale[j] = 0.0;
         }
     }
     scale
