@@ -19,19 +19,18 @@ pub(super) fn block(x: &[f32], out: &mut [u8]) -> Result<(), BlockError> {
     let mut scales = [0f32; 16];
     for h in 0..2 {
         let mut xt = [[0f32; LANES]; 16];
-        for j in 0..LANES {
-            let ib = LANES * h + j;
-            for i in 0..16 {
-                xt[i][j] = x[16 * ib + i];
+        for (i, row) in xt.iter_mut().enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = x[16 * (LANES * h + j) + i];
             }
         }
         let mut lt = [[0i8; LANES]; 16];
         let fit = fit_signed_scale(&xt, 32, &mut lt);
-        for j in 0..LANES {
+        for (j, &f) in fit.iter().enumerate() {
             let ib = LANES * h + j;
-            scales[ib] = fit[j];
-            for i in 0..16 {
-                levels[16 * ib + i] = lt[i][j];
+            scales[ib] = f;
+            for (i, row) in lt.iter().enumerate() {
+                levels[16 * ib + i] = row[j];
             }
         }
     }
