@@ -78,6 +78,9 @@ pub enum LlmError {
     /// The backend cannot be set up (missing API key variable, missing file, …).
     #[error("{0}")]
     Setup(String),
+    /// The servers behind one model name serve different models.
+    #[error("{0}")]
+    Mismatch(String),
 }
 
 /// A chat model. Implementations are shared between worker threads.

@@ -27,6 +27,7 @@
 use super::{ChatModel, ChatReply, ChatRequest, LlmError};
 use backon::BackoffBuilder;
 use serde_json::{Value, json};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -64,13 +65,26 @@ const ERROR_BODY_BOUND: usize = 4 << 10;
 /// The largest model listing read (`/v1/models`, `/api/tags`).
 const LISTING_BOUND: usize = 4 << 20;
 
+/// How long a server that just failed is passed over (while another is up) before it is
+/// tried again; each further failure in a row doubles it, up to [`REST_MAX`].
+pub const REST_MIN: Duration = Duration::from_secs(5);
+/// The longest rest of a failing server.
+pub const REST_MAX: Duration = Duration::from_secs(300);
+
 /// A client for one model on one or more servers.
+///
+/// With several servers, requests rotate among them; one that fails (refuses connections,
+/// answers 5xx, stops answering) *rests* — is passed over while another is up — and is tried
+/// again once its rest is over, so a server that comes back is used again and one that is gone
+/// costs a request now and then, not one per request.
 pub struct OpenAi {
     cfg: OpenAiConfig,
     http: reqwest::blocking::Client,
     /// The same, with [`PROBE_TIMEOUT`], for `/v1/models` and `/api/tags`.
     probe: reqwest::blocking::Client,
     next: AtomicUsize,
+    /// Per server: until when it rests, and its failures in a row.
+    health: Mutex<Vec<(Option<Instant>, u32)>>,
 }
 
 /// One failed try: retry it (after at least `after`), or give up at once.
@@ -101,9 +115,51 @@ impl OpenAi {
         Ok(OpenAi {
             http: client(cfg.timeout)?,
             probe: client(cfg.timeout.min(PROBE_TIMEOUT))?,
+            health: Mutex::new(vec![(None, 0); cfg.base_urls.len()]),
             cfg,
             next: AtomicUsize::new(0),
         })
+    }
+
+    /// The first server of `among`, starting at position `from`, that is not resting; when all
+    /// rest, the one whose rest ends first.
+    fn pick(&self, among: &[usize], from: usize) -> usize {
+        let now = Instant::now();
+        let h = self.health.lock().unwrap();
+        let n = among.len();
+        (0..n)
+            .map(|k| among[(from + k) % n])
+            .find(|&i| h[i].0.is_none_or(|t| t <= now))
+            .unwrap_or_else(|| {
+                *among
+                    .iter()
+                    .min_by_key(|&&i| h[i].0)
+                    .expect("at least one server")
+            })
+    }
+
+    /// Server `i` failed: it rests, twice as long as after its last failure in a row.
+    fn rest(&self, i: usize) {
+        let mut h = self.health.lock().unwrap();
+        let fails = h[i].1.saturating_add(1);
+        let rest = REST_MIN
+            .saturating_mul(1u32 << (fails - 1).min(16))
+            .min(REST_MAX);
+        h[i] = (Some(Instant::now() + rest), fails);
+    }
+
+    /// Server `i` answered.
+    fn recovered(&self, i: usize) {
+        self.health.lock().unwrap()[i] = (None, 0);
+    }
+
+    /// Is a server of `among` other than `i` up (not resting)?
+    fn another_up(&self, among: &[usize], i: usize) -> bool {
+        let now = Instant::now();
+        let h = self.health.lock().unwrap();
+        among
+            .iter()
+            .any(|&j| j != i && h[j].0.is_none_or(|t| t <= now))
     }
 
     /// `base` + `/v1/<path>`, whether `base` already ends in `/v1` or not.
@@ -133,6 +189,19 @@ impl OpenAi {
     /// retries are spent. Returns the value and how many retries it took.
     fn with_retries<T>(
         &self,
+        f: impl FnMut(&str) -> Result<T, Failure>,
+    ) -> Result<(T, u32), LlmError> {
+        let all: Vec<usize> = (0..self.cfg.base_urls.len()).collect();
+        self.with_retries_on(&all, f)
+    }
+
+    /// [`with_retries`](Self::with_retries) on the servers `among` (indices into `base_urls`).
+    /// A server that fails rests ([`REST_MIN`]…) and the next try goes to another that is up,
+    /// at once; only when none is up does a try wait out the backoff. A server that stopped
+    /// answering altogether ends the request only when no other is up.
+    fn with_retries_on<T>(
+        &self,
+        among: &[usize],
         mut f: impl FnMut(&str) -> Result<T, Failure>,
     ) -> Result<(T, u32), LlmError> {
         let mut delays = backon::ExponentialBuilder::default()
@@ -141,14 +210,20 @@ impl OpenAi {
             .with_max_times(self.cfg.retries as usize)
             .with_jitter()
             .build();
-        let n = self.cfg.base_urls.len();
-        let mut i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let n = among.len();
+        let several = n > 1;
+        let mut at = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut i = self.pick(among, at);
         let mut tries = 0u32;
+        let mut failovers = 0usize;
         loop {
             let base = &self.cfg.base_urls[i];
             tries += 1;
             match f(base) {
-                Ok(v) => return Ok((v, tries - 1)),
+                Ok(v) => {
+                    self.recovered(i);
+                    return Ok((v, tries - 1));
+                }
                 Err(Failure::Fatal(message)) => {
                     return Err(LlmError::Refused {
                         server: base.clone(),
@@ -156,6 +231,14 @@ impl OpenAi {
                     });
                 }
                 Err(Failure::Dead(last)) => {
+                    self.rest(i);
+                    if several && failovers < n && self.another_up(among, i) {
+                        failovers += 1;
+                        tracing::warn!("model server {base}: {last}; trying another server");
+                        at += 1;
+                        i = self.pick(among, at);
+                        continue;
+                    }
                     return Err(LlmError::Unavailable {
                         server: base.clone(),
                         attempts: tries,
@@ -163,6 +246,9 @@ impl OpenAi {
                     });
                 }
                 Err(Failure::Retry { why, after }) => {
+                    if several {
+                        self.rest(i);
+                    }
                     let Some(delay) = delays.next() else {
                         return Err(LlmError::Unavailable {
                             server: base.clone(),
@@ -170,13 +256,21 @@ impl OpenAi {
                             last: why,
                         });
                     };
-                    let delay = after.map_or(delay, |a| a.max(delay)).min(MAX_BACKOFF);
-                    tracing::warn!(
-                        "model server {base}: {why}; retry {tries} of {} in {delay:?}",
-                        self.cfg.retries
-                    );
-                    std::thread::sleep(delay);
-                    i = (i + 1) % n;
+                    at += 1;
+                    if several && self.another_up(among, i) {
+                        tracing::warn!(
+                            "model server {base}: {why}; retry {tries} of {} on another server",
+                            self.cfg.retries
+                        );
+                    } else {
+                        let delay = after.map_or(delay, |a| a.max(delay)).min(MAX_BACKOFF);
+                        tracing::warn!(
+                            "model server {base}: {why}; retry {tries} of {} in {delay:?}",
+                            self.cfg.retries
+                        );
+                        std::thread::sleep(delay);
+                    }
+                    i = self.pick(among, at);
                 }
             }
         }
@@ -185,9 +279,46 @@ impl OpenAi {
     /// What identifies the served model in keys: its name, plus the digest the server reports
     /// where it has one — Ollama's blob digest, llama.cpp's model metadata (parameter count,
     /// size, vocabulary) hashed. Never the URL: moving a server invalidates nothing.
+    ///
+    /// Every server in `base_urls` is asked, and all that answer must agree: requests rotate
+    /// among them, so one serving other weights under the same name would silently mix two
+    /// models in one arm — that is [`LlmError::Mismatch`], which stops the build. A server that
+    /// does not answer now is left out of the check (and rests until it does).
     pub fn identity(&self) -> Result<Value, LlmError> {
+        let mut seen: Vec<(usize, Value)> = Vec::new();
+        let mut first_err = None;
+        for i in 0..self.cfg.base_urls.len() {
+            match self.identity_at(i) {
+                Ok(v) => seen.push((i, v)),
+                Err(e) => {
+                    tracing::warn!(
+                        "model server {} did not say which model it serves: {e}",
+                        self.cfg.base_urls[i]
+                    );
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let Some((i0, v0)) = seen.first() else {
+            return Err(first_err.expect("a server failed"));
+        };
+        if let Some((i, v)) = seen.iter().find(|(_, v)| v != v0) {
+            return Err(LlmError::Mismatch(format!(
+                "the servers of model `{}` do not serve the same model: {} serves {}, {} serves {}",
+                self.cfg.model,
+                self.cfg.base_urls[*i0],
+                crate::key::canonical(v0),
+                self.cfg.base_urls[*i],
+                crate::key::canonical(v),
+            )));
+        }
+        Ok(v0.clone())
+    }
+
+    /// [`identity`](Self::identity) as server `i` reports it.
+    fn identity_at(&self, i: usize) -> Result<Value, LlmError> {
         let name = self.cfg.model.clone();
-        let (models, _) = self.with_retries(|base| {
+        let (models, _) = self.with_retries_on(&[i], |base| {
             let resp = self
                 .authed(self.probe.get(Self::url(base, "models")))
                 .send();
@@ -207,7 +338,7 @@ impl OpenAi {
         }
         // Ollama answers /api/tags with each model's blob digest; other servers 404, which is
         // simply "no digest".
-        let base = &self.cfg.base_urls[0];
+        let base = &self.cfg.base_urls[i];
         let tags = self
             .authed(self.probe.get(format!("{}/api/tags", Self::root(base))))
             .send()

@@ -7,9 +7,9 @@
 //! never makes `status` slow or wrong, and a changed model behind the same name shows up as
 //! stale after the next build's probe.
 
-use crate::chat::ChatModel;
 use crate::chat::local::LocalModel;
 use crate::chat::openai::{OpenAi, OpenAiConfig};
+use crate::chat::{ChatModel, LlmError};
 use crate::config::{Backend, Loaded, ModelSpec, Role};
 use crate::guard::PyEnv;
 use crate::model::hf;
@@ -27,6 +27,9 @@ pub struct Runtime {
     finetune: bool,
     identities: BTreeMap<String, Value>,
     probe_errors: BTreeMap<String, String>,
+    /// Models whose servers disagree about what they serve: asking them would mix models in
+    /// one arm, so every request to them is refused with this.
+    conflicts: BTreeMap<String, String>,
     pyenv: Result<PyEnv, String>,
     clients: Mutex<BTreeMap<String, Arc<dyn ChatModel>>>,
 }
@@ -82,6 +85,7 @@ impl Runtime {
     pub fn new(loaded: &Loaded, store: Option<&Store>, probe: Probe) -> Runtime {
         let mut identities = BTreeMap::new();
         let mut probe_errors = BTreeMap::new();
+        let mut conflicts = BTreeMap::new();
         let wanted: Vec<&str> = match probe {
             Probe::Servers(roles) => loaded
                 .config
@@ -108,9 +112,14 @@ impl Runtime {
                     let key = probe_name(name, spec);
                     let cached = store.and_then(|s| s.get_probe(&key));
                     let fresh = if wanted.contains(&name.as_str()) {
-                        match openai_client(loaded, spec, Some(1))
-                            .and_then(|c| c.identity().map_err(|e| e.to_string()))
-                        {
+                        match openai_client(loaded, spec, Some(1)).and_then(|c| {
+                            c.identity().map_err(|e| {
+                                if let LlmError::Mismatch(m) = &e {
+                                    conflicts.insert(name.clone(), m.clone());
+                                }
+                                e.to_string()
+                            })
+                        }) {
                             Ok(v) => {
                                 if let Some(s) = store
                                     && cached.as_ref() != Some(&v)
@@ -143,6 +152,7 @@ impl Runtime {
             finetune: !loaded.arms(Role::Finetuned).is_empty(),
             identities,
             probe_errors,
+            conflicts,
             pyenv,
             clients: Mutex::new(BTreeMap::new()),
         }
@@ -176,6 +186,11 @@ impl Runtime {
         let mut clients = self.clients.lock().unwrap();
         if let Some(c) = clients.get(name) {
             return Ok(Arc::clone(c));
+        }
+        if let Some(why) = self.conflicts.get(name) {
+            return Err(format!(
+                "{why}; every server in models.{name}.base_urls must serve the same weights"
+            ));
         }
         let spec = spec_of(loaded, name)?;
         let client: Arc<dyn ChatModel> = match spec.backend.get_ref() {

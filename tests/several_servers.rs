@@ -1,0 +1,174 @@
+//! One arm, several model servers (`base_urls = [...]`): requests spread across them, a server
+//! that dies midway is passed over without any trial failing because of it, and servers that
+//! serve different models under the same name stop the build before a trial runs.
+
+mod common;
+
+use common::scripted::{IMPL, Reply, Request, Server, not_found, py};
+use common::{Project, passing_stack_server, stack_tests_reply};
+use serde_json::json;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+#[test]
+fn a_server_killed_midway_costs_no_trial() {
+    let a = passing_stack_server();
+    let b = passing_stack_server();
+    let p = Project::openai(&a.url, &["stack"], 12, 0, "");
+    p.baseline_only();
+    p.set("models.m.base_urls", &format!("[{:?}, {:?}]", a.url, b.url));
+    let child = p
+        .real(&["build", "trial", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while b.chats().len() < 4 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "server b was never asked: requests do not spread"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let by_b = b.chats().len();
+    drop(b); // refuses connections from now on
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let trials = p.trials("trial");
+    assert_eq!(
+        trials.len(),
+        12,
+        "every trial recorded: {:?}",
+        trials.keys()
+    );
+    for (id, t) in &trials {
+        assert_eq!(t["passed"], true, "{id} failed: {t}");
+        for a in t["attempts"].as_array().unwrap() {
+            assert_eq!(
+                a["retry"], 0,
+                "{id}: a dead server must not cost an attempt"
+            );
+        }
+    }
+    // Every one of the 24 requests was answered once, by a or (before it died) by b.
+    let by_a = a.chats().len();
+    assert!(by_a >= 4, "server a served {by_a}");
+    assert!(by_a + by_b >= 24, "{by_a} + {by_b}");
+}
+
+/// A server listing the model with this llama.cpp metadata, and passing `stack` trials.
+fn server_with_meta(meta: serde_json::Value) -> Server {
+    Server::start(move |r: &Request| {
+        if r.path.ends_with("/models") {
+            Reply::Json(
+                200,
+                json!({"object": "list", "data": [{"id": "test-model", "meta": meta}]}),
+                vec![],
+            )
+        } else if !r.is_chat() {
+            not_found()
+        } else if r.is_tests_step() {
+            Reply::Content(stack_tests_reply(1))
+        } else {
+            Reply::Content(py(IMPL))
+        }
+    })
+}
+
+#[test]
+fn servers_that_serve_different_models_stop_the_build() {
+    let a = server_with_meta(json!({"n_params": 1_543_714_304u64, "n_vocab": 151_936}));
+    let b = server_with_meta(json!({"n_params": 494_032_768u64, "n_vocab": 151_936}));
+    let p = Project::openai(&a.url, &["stack"], 4, 0, "");
+    p.baseline_only();
+    p.set("models.m.base_urls", &format!("[{:?}, {:?}]", a.url, b.url));
+    let out = p.real(&["build", "trial"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "built with two different models: {stderr}"
+    );
+    assert!(
+        stderr.contains("do not serve the same model") && stderr.contains(&b.url),
+        "{stderr}"
+    );
+    assert!(p.trials("trial").is_empty(), "nothing may be recorded");
+    assert!(
+        a.chats().is_empty() && b.chats().is_empty(),
+        "no model was asked"
+    );
+
+    // The same weights on both (n_ctx is a setting, not the model): the build goes ahead.
+    let c =
+        server_with_meta(json!({"n_params": 1_543_714_304u64, "n_vocab": 151_936, "n_ctx": 8192}));
+    p.set("models.m.base_urls", &format!("[{:?}, {:?}]", a.url, c.url));
+    let out = p.real(&["build", "trial"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(p.trials("trial").len(), 4);
+}
+
+/// A server that starts failing (503) midway rests: the requests go to the other server, and
+/// the failing one is asked again only now and then, not for every other request.
+#[test]
+fn a_failing_server_rests_while_the_other_serves() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let a = passing_stack_server();
+    let broken = Arc::new(AtomicBool::new(false));
+    let after = Arc::new(AtomicUsize::new(0));
+    let (br, af) = (Arc::clone(&broken), Arc::clone(&after));
+    let b = Server::start(move |r: &Request| {
+        if !r.is_chat() {
+            return not_found();
+        }
+        if br.load(Ordering::SeqCst) {
+            af.fetch_add(1, Ordering::SeqCst);
+            return Reply::Json(503, json!({"error": "overloaded"}), vec![]);
+        }
+        Reply::Content(if r.is_tests_step() {
+            stack_tests_reply(r.body["seed"].as_u64().unwrap() % 100_000)
+        } else {
+            py(IMPL)
+        })
+    });
+    let p = Project::openai(&a.url, &["stack"], 12, 0, "");
+    p.baseline_only();
+    p.set("models.m.base_urls", &format!("[{:?}, {:?}]", a.url, b.url));
+    let child = p
+        .real(&["build", "trial"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while b.chats().len() < 4 {
+        assert!(t0.elapsed() < Duration::from_secs(180), "b never asked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    broken.store(true, Ordering::SeqCst);
+    let a_before = a.chats().len();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trials = p.trials("trial");
+    assert_eq!(trials.len(), 12);
+    assert!(trials.values().all(|t| t["passed"] == true));
+    let a_after = a.chats().len() - a_before;
+    let b_after = after.load(Ordering::SeqCst);
+    assert!(a_after >= 10, "a served {a_after} after b broke");
+    // Round robin would have sent b about as many as a; resting, b gets one try per rest
+    // (5 s, then 10 s, …) — a handful over this build.
+    assert!(
+        b_after * 3 <= a_after,
+        "the failing server was asked {b_after} times while a served {a_after}"
+    );
+}
