@@ -249,17 +249,24 @@ done
 # Playwright's own browser download is never used: it runs /usr/bin/chromium.
 BROWSER_VENV=$REPO/.venv-browser
 BROWSER_PINS=(playwright==1.65.2)
-command -v chromium >/dev/null 2>&1 || apt_install chromium
-if [ ! -x "$BROWSER_VENV/bin/python" ] || [ "$(cat "$BROWSER_VENV/.pipe-pins" 2>/dev/null)" != "${BROWSER_PINS[*]}" ]; then
+BROWSER_WANT="python=$PY ${BROWSER_PINS[*]}"
+# Optional: without it only the browser test is skipped, so a failure here never stops set-up.
+command -v chromium >/dev/null 2>&1 || ( apt_install chromium ) \
+  || echo "setup: WARNING: could not install chromium" >&2
+if [ ! -x "$BROWSER_VENV/bin/python" ] || [ "$(cat "$BROWSER_VENV/.pipe-pins" 2>/dev/null)" != "$BROWSER_WANT" ]; then
   rm -rf "$BROWSER_VENV"
-  "$PY" -m venv "$BROWSER_VENV"
-  "$BROWSER_VENV/bin/python" -m pip install -q --disable-pip-version-check --no-input "${BROWSER_PINS[@]}"
-  printf '%s\n' "${BROWSER_PINS[*]}" >"$BROWSER_VENV/.pipe-pins"
+  if "$PY" -m venv "$BROWSER_VENV" \
+    && "$BROWSER_VENV/bin/python" -m pip install -q --disable-pip-version-check --no-input "${BROWSER_PINS[@]}"; then
+    printf '%s\n' "$BROWSER_WANT" >"$BROWSER_VENV/.pipe-pins"
+  else
+    rm -rf "$BROWSER_VENV"
+    echo "setup: WARNING: could not install ${BROWSER_PINS[*]}; the report's browser test will be skipped" >&2
+  fi
 fi
-if command -v chromium >/dev/null 2>&1; then
+if command -v chromium >/dev/null 2>&1 && [ -x "$BROWSER_VENV/bin/python" ]; then
   echo "setup: browser check: $(chromium --version 2>/dev/null | head -n1), ${BROWSER_PINS[*]}"
 else
-  echo "setup: WARNING: no chromium; the report's browser test will be skipped" >&2
+  echo "setup: WARNING: no chromium or no playwright; the report's browser test will be skipped" >&2
 fi
 
 echo "setup: ok"

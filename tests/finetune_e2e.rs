@@ -230,3 +230,79 @@ fn with_nothing_to_train_on_the_report_says_why_the_fine_tuned_arm_is_missing() 
     let trials = std::fs::read_to_string(p.path("reports/trials.jsonl")).unwrap();
     assert!(!trials.contains("\"finetuned\""), "no fine-tuned trials");
 }
+
+/// The fine-tuned arm served by llama.cpp itself: a llama.cpp server (xllamacpp) on the base
+/// GGUF with convert's adapter GGUF (`--lora`) is the fine-tuned arm's model; eval asks it,
+/// train and convert are not redone for the change, and the report has both arms with the
+/// server's model identity in its setup.
+#[test]
+fn the_fine_tuned_arm_served_by_llama_cpp_with_our_adapter() {
+    let srv = common::passing_stack_server();
+    let p = project(&srv.url);
+    // llama.cpp on 2 cores needs more than the scripted server's 2 s per request.
+    p.set("sampling.request_timeout_s", "300");
+    assert_ok(
+        &p.real(&["build", "convert", "--jobs", "2"])
+            .output()
+            .unwrap(),
+    );
+    let dir = p.path("out");
+    assert_ok(
+        &p.real(&["export", "dir", dir.to_str().unwrap()])
+            .output()
+            .unwrap(),
+    );
+    let adapter = dir.join("adapter.gguf");
+    // Two slots (eval runs two trials at once), a thread each.
+    let llama = common::LlamaServer::start(
+        common::SMOLLM2,
+        1,
+        2048,
+        2,
+        &["--lora", adapter.to_str().unwrap()],
+    );
+
+    p.add(
+        "models.ft",
+        &format!(
+            "{{ backend = \"openai\", base_urls = [{:?}], name = \"smollm2-tuned\" }}",
+            llama.url
+        ),
+    );
+    p.set("arms.finetuned.model", "\"ft\"");
+    let o = p
+        .real(&["build", "report", "--jobs", "2", "--json"])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let rep: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let computed = |stage: &str| {
+        rep["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["target"] == stage)
+            .map(|s| s["computed"].as_u64().unwrap())
+            .unwrap_or_else(|| panic!("{stage} in {rep}"))
+    };
+    assert_eq!(computed("train"), 0, "{rep}");
+    assert_eq!(computed("convert"), 0, "{rep}");
+    assert_eq!(computed("eval"), 4, "{rep}");
+    // Every eval request went to llama.cpp and came back with its token counts.
+    let trials: Vec<Value> = std::fs::read_to_string(p.path("reports/trials.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ft: Vec<&Value> = trials.iter().filter(|t| t["arm"] == "finetuned").collect();
+    assert_eq!(ft.len(), 4);
+    for t in &ft {
+        assert_eq!(t["stage"], "eval");
+        assert!(t["completion_tokens"].as_u64().unwrap() > 0, "{t}");
+    }
+    let html = std::fs::read_to_string(p.path("reports/report.html")).unwrap();
+    assert!(
+        html.contains("smollm2-tuned") && html.contains("llama.cpp-meta:"),
+        "the served model and its digest in the setup"
+    );
+}

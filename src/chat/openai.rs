@@ -83,8 +83,16 @@ pub struct OpenAi {
     /// The same, with [`PROBE_TIMEOUT`], for `/v1/models` and `/api/tags`.
     probe: reqwest::blocking::Client,
     next: AtomicUsize,
-    /// Per server: until when it rests, and its failures in a row.
-    health: Mutex<Vec<(Option<Instant>, u32)>>,
+    /// Per server: whether and since when it rests.
+    health: Mutex<Vec<Health>>,
+}
+
+/// A server's standing: resting until `until` (since `since`) after `fails` failures in a row.
+#[derive(Debug, Clone, Copy, Default)]
+struct Health {
+    until: Option<Instant>,
+    since: Option<Instant>,
+    fails: u32,
 }
 
 /// One failed try: retry it (after at least `after`), or give up at once.
@@ -115,7 +123,7 @@ impl OpenAi {
         Ok(OpenAi {
             http: client(cfg.timeout)?,
             probe: client(cfg.timeout.min(PROBE_TIMEOUT))?,
-            health: Mutex::new(vec![(None, 0); cfg.base_urls.len()]),
+            health: Mutex::new(vec![Health::default(); cfg.base_urls.len()]),
             cfg,
             next: AtomicUsize::new(0),
         })
@@ -129,28 +137,42 @@ impl OpenAi {
         let n = among.len();
         (0..n)
             .map(|k| among[(from + k) % n])
-            .find(|&i| h[i].0.is_none_or(|t| t <= now))
+            .find(|&i| h[i].until.is_none_or(|t| t <= now))
             .unwrap_or_else(|| {
                 *among
                     .iter()
-                    .min_by_key(|&&i| h[i].0)
+                    .min_by_key(|&&i| h[i].until)
                     .expect("at least one server")
             })
     }
 
-    /// Server `i` failed: it rests, twice as long as after its last failure in a row.
+    /// Server `i` failed: it rests, twice as long as after its last failure in a row. A
+    /// failure while it already rests (another thread's request, sent before the rest began)
+    /// is the same outage, not one more in a row.
     fn rest(&self, i: usize) {
+        let now = Instant::now();
         let mut h = self.health.lock().unwrap();
-        let fails = h[i].1.saturating_add(1);
+        if h[i].until.is_some_and(|t| t > now) {
+            return;
+        }
+        let fails = h[i].fails.saturating_add(1);
         let rest = REST_MIN
             .saturating_mul(1u32 << (fails - 1).min(16))
             .min(REST_MAX);
-        h[i] = (Some(Instant::now() + rest), fails);
+        h[i] = Health {
+            until: Some(now + rest),
+            since: Some(now),
+            fails,
+        };
     }
 
-    /// Server `i` answered.
-    fn recovered(&self, i: usize) {
-        self.health.lock().unwrap()[i] = (None, 0);
+    /// Server `i` answered a request sent at `sent`. An answer to a request sent before its
+    /// latest rest began says nothing about it now.
+    fn recovered(&self, i: usize, sent: Instant) {
+        let mut h = self.health.lock().unwrap();
+        if h[i].since.is_none_or(|s| s <= sent) {
+            h[i] = Health::default();
+        }
     }
 
     /// Is a server of `among` other than `i` up (not resting)?
@@ -159,7 +181,7 @@ impl OpenAi {
         let h = self.health.lock().unwrap();
         among
             .iter()
-            .any(|&j| j != i && h[j].0.is_none_or(|t| t <= now))
+            .any(|&j| j != i && h[j].until.is_none_or(|t| t <= now))
     }
 
     /// `base` + `/v1/<path>`, whether `base` already ends in `/v1` or not.
@@ -219,9 +241,10 @@ impl OpenAi {
         loop {
             let base = &self.cfg.base_urls[i];
             tries += 1;
+            let sent = Instant::now();
             match f(base) {
                 Ok(v) => {
-                    self.recovered(i);
+                    self.recovered(i, sent);
                     return Ok((v, tries - 1));
                 }
                 Err(Failure::Fatal(message)) => {
@@ -232,7 +255,9 @@ impl OpenAi {
                 }
                 Err(Failure::Dead(last)) => {
                     self.rest(i);
-                    if several && failovers < n && self.another_up(among, i) {
+                    // Every other server gets its chance, resting or not: a rest is a guess,
+                    // and giving up here stops the build.
+                    if several && failovers + 1 < n {
                         failovers += 1;
                         tracing::warn!("model server {base}: {last}; trying another server");
                         at += 1;
@@ -246,8 +271,16 @@ impl OpenAi {
                     });
                 }
                 Err(Failure::Retry { why, after }) => {
+                    at += 1;
                     if several {
                         self.rest(i);
+                        // Another server up: go there at once, without spending a retry.
+                        if failovers + 1 < n && self.another_up(among, i) {
+                            failovers += 1;
+                            tracing::warn!("model server {base}: {why}; trying another server");
+                            i = self.pick(among, at);
+                            continue;
+                        }
                     }
                     let Some(delay) = delays.next() else {
                         return Err(LlmError::Unavailable {
@@ -256,20 +289,13 @@ impl OpenAi {
                             last: why,
                         });
                     };
-                    at += 1;
-                    if several && self.another_up(among, i) {
-                        tracing::warn!(
-                            "model server {base}: {why}; retry {tries} of {} on another server",
-                            self.cfg.retries
-                        );
-                    } else {
-                        let delay = after.map_or(delay, |a| a.max(delay)).min(MAX_BACKOFF);
-                        tracing::warn!(
-                            "model server {base}: {why}; retry {tries} of {} in {delay:?}",
-                            self.cfg.retries
-                        );
-                        std::thread::sleep(delay);
-                    }
+                    let delay = after.map_or(delay, |a| a.max(delay)).min(MAX_BACKOFF);
+                    tracing::warn!(
+                        "model server {base}: {why}; retry {tries} of {} in {delay:?}",
+                        self.cfg.retries
+                    );
+                    std::thread::sleep(delay);
+                    failovers = 0;
                     i = self.pick(among, at);
                 }
             }
@@ -282,9 +308,10 @@ impl OpenAi {
     ///
     /// Every server in `base_urls` is asked, and all that answer must agree: requests rotate
     /// among them, so one serving other weights under the same name would silently mix two
-    /// models in one arm — that is [`LlmError::Mismatch`], which stops the build. A server that
-    /// does not answer now is left out of the check (and rests until it does).
-    pub fn identity(&self) -> Result<Value, LlmError> {
+    /// models in one arm — that is [`LlmError::Mismatch`], which stops the build. Also returns
+    /// the servers that answered: one that did not cannot be vouched for, and the caller keeps
+    /// it out of rotation.
+    pub fn identity(&self) -> Result<(Value, Vec<String>), LlmError> {
         let mut seen: Vec<(usize, Value)> = Vec::new();
         let mut first_err = None;
         for i in 0..self.cfg.base_urls.len() {
@@ -292,7 +319,7 @@ impl OpenAi {
                 Ok(v) => seen.push((i, v)),
                 Err(e) => {
                     tracing::warn!(
-                        "model server {} did not say which model it serves: {e}",
+                        "model server {} did not say which model it serves, so it is not used: {e}",
                         self.cfg.base_urls[i]
                     );
                     first_err.get_or_insert(e);
@@ -312,7 +339,11 @@ impl OpenAi {
                 crate::key::canonical(v),
             )));
         }
-        Ok(v0.clone())
+        let answered = seen
+            .iter()
+            .map(|(i, _)| self.cfg.base_urls[*i].clone())
+            .collect();
+        Ok((v0.clone(), answered))
     }
 
     /// [`identity`](Self::identity) as server `i` reports it.
@@ -338,14 +369,32 @@ impl OpenAi {
         }
         // Ollama answers /api/tags with each model's blob digest; other servers 404, which is
         // simply "no digest".
+        // A tags request that fails otherwise (no answer, 5xx) is no answer at all: a null
+        // digest from it would not match the digest its sibling servers report.
         let base = &self.cfg.base_urls[i];
-        let tags = self
+        let tags = match self
             .authed(self.probe.get(format!("{}/api/tags", Self::root(base))))
             .send()
-            .ok()
-            .filter(|r| r.status().is_success())
-            .and_then(|r| read_bounded(r, LISTING_BOUND).ok())
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+        {
+            Ok(r) if r.status().is_success() => read_bounded(r, LISTING_BOUND)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok()),
+            Ok(r) if r.status().is_client_error() => None,
+            Ok(r) => {
+                return Err(LlmError::Unavailable {
+                    server: base.clone(),
+                    attempts: 1,
+                    last: format!("/api/tags: HTTP {}", r.status()),
+                });
+            }
+            Err(e) => {
+                return Err(LlmError::Unavailable {
+                    server: base.clone(),
+                    attempts: 1,
+                    last: format!("/api/tags: {}", describe(&e)),
+                });
+            }
+        };
         let digest = tags.and_then(|t| {
             t["models"].as_array()?.iter().find_map(|m| {
                 let n = m["name"].as_str()?;

@@ -108,9 +108,15 @@ fn arm_names(a: &Analysis) -> Vec<String> {
 
 /// A name as charts show it: long ones shortened with "…" (the tables carry them whole), so
 /// legends and row labels stay inside the chart.
+/// The middle goes, so names that differ only at the end (`…-lr1e-4`, `…-lr3e-4`) stay apart.
 fn short_name(n: &str) -> String {
-    if n.chars().count() > 28 {
-        n.chars().take(27).chain(['…']).collect()
+    let chars: Vec<char> = n.chars().collect();
+    if chars.len() > 28 {
+        chars[..13]
+            .iter()
+            .chain(['…'].iter())
+            .chain(chars[chars.len() - 14..].iter())
+            .collect()
     } else {
         n.to_string()
     }

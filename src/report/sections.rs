@@ -447,9 +447,9 @@ fn question(a: &Analysis) -> Section {
                         arm_id(&a.arms[c.later].name),
                     ));
                     let verdict = if d >= HYPOTHESISED_GAIN * 100.0 && p < ALPHA {
-                        "the gain is significant and at least the hypothesised size"
+                        "significant (against no difference), and the observed Δ reaches the hypothesised size — which this test alone does not show the true gain does"
                     } else if p < ALPHA && d > 0.0 {
-                        "significant, but smaller than the hypothesised gain"
+                        "significant (against no difference), but the observed Δ is smaller than the hypothesised gain"
                     } else if p < ALPHA {
                         "significant — in the wrong direction: the fine-tuned arm is worse"
                     } else {

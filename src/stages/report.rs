@@ -308,5 +308,23 @@ pub fn export(store: &Store, loaded: &Loaded) -> Result<Vec<PathBuf>, StoreError
             out.push(dest);
         }
     }
+    // Transcript pages of an earlier report (more trials then, or another task or arm) would
+    // sit beside this one and look current: they go.
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for f in entries.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.starts_with("transcripts-")
+                && name.ends_with(".html")
+                && !out
+                    .iter()
+                    .any(|p| p.file_name() == Some(f.file_name().as_os_str()))
+            {
+                std::fs::remove_file(f.path()).map_err(|e| StoreError::Io {
+                    path: f.path(),
+                    source: e,
+                })?;
+            }
+        }
+    }
     Ok(out)
 }

@@ -30,6 +30,9 @@ pub struct Runtime {
     /// Models whose servers disagree about what they serve: asking them would mix models in
     /// one arm, so every request to them is refused with this.
     conflicts: BTreeMap<String, String>,
+    /// Per model, the servers that answered the identity probe (and agreed): only these are
+    /// asked. A model absent here was not probed, or no server answered: all are asked.
+    verified: BTreeMap<String, Vec<String>>,
     pyenv: Result<PyEnv, String>,
     clients: Mutex<BTreeMap<String, Arc<dyn ChatModel>>>,
 }
@@ -86,6 +89,7 @@ impl Runtime {
         let mut identities = BTreeMap::new();
         let mut probe_errors = BTreeMap::new();
         let mut conflicts = BTreeMap::new();
+        let mut verified = BTreeMap::new();
         let wanted: Vec<&str> = match probe {
             Probe::Servers(roles) => loaded
                 .config
@@ -120,7 +124,8 @@ impl Runtime {
                                 e.to_string()
                             })
                         }) {
-                            Ok(v) => {
+                            Ok((v, answered)) => {
+                                verified.insert(name.clone(), answered);
                                 if let Some(s) = store
                                     && cached.as_ref() != Some(&v)
                                     && let Err(e) = s.put_probe(&key, &v)
@@ -153,6 +158,7 @@ impl Runtime {
             identities,
             probe_errors,
             conflicts,
+            verified,
             pyenv,
             clients: Mutex::new(BTreeMap::new()),
         }
@@ -198,7 +204,11 @@ impl Runtime {
                 if let Some(e) = self.probe_errors.get(name) {
                     tracing::warn!("model `{name}` did not answer the identity probe: {e}");
                 }
-                Arc::new(openai_client(loaded, spec, None)?)
+                let mut spec = spec.clone();
+                if let Some(urls) = self.verified.get(name) {
+                    spec.base_urls = Some(urls.clone());
+                }
+                Arc::new(openai_client(loaded, &spec, None)?)
             }
             Backend::Local => {
                 let files = local_files(loaded, spec)?;

@@ -130,10 +130,16 @@ impl Attempt {
     }
 }
 
-/// Failing tests, told apart by the tracebacks in the feedback: a `NameError` anywhere first
+/// Failing tests, told apart by the tracebacks in the feedback: a raised `NameError` first
 /// (the tests' own bug, whatever else failed), then an assertion, else another exception.
 fn failed_tests(feedback: &str) -> Cause {
-    if feedback.contains("NameError") {
+    // Only a raised NameError counts — a traceback's `E   NameError: …` line — not the word in
+    // a test's name or in "DID NOT RAISE <class 'NameError'>".
+    let raised = |l: &str| {
+        l.strip_prefix('E')
+            .is_some_and(|r| r.trim_start().starts_with("NameError:"))
+    };
+    if feedback.lines().any(raised) {
         Cause::NameError
     } else if feedback.contains("AssertionError")
         || feedback.lines().any(|l| {
@@ -219,6 +225,14 @@ mod tests {
         );
         assert_eq!(
             imp("Failed", "FAILED t.py::test_x\nE   KeyError: 'a'"),
+            Some(Cause::Exception)
+        );
+        // The word alone is no NameError.
+        assert_eq!(
+            imp(
+                "Failed",
+                "FAILED t.py::test_raises_NameError\nE   Failed: DID NOT RAISE <class 'NameError'>"
+            ),
             Some(Cause::Exception)
         );
         // Truncation wins: the reply was never whole.
