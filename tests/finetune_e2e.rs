@@ -54,6 +54,10 @@ fn check_finished(p: &Project) {
     // Both arms in the report, with the training curve.
     let html = std::fs::read_to_string(p.path("reports/report.html")).unwrap();
     assert!(html.contains("chart-loss"), "the loss chart");
+    assert!(
+        html.contains("the LoRA adapter of train output"),
+        "the setup says the fine-tuned arm is the base plus train's adapter"
+    );
     let trials: Vec<Value> = std::fs::read_to_string(p.path("reports/trials.jsonl"))
         .unwrap()
         .lines()

@@ -784,11 +784,14 @@ impl<'a> Analysis<'a> {
         let primary = self.comparisons.iter().find(|c| c.primary);
         if tests > 1 {
             let chance = (1.0 - (1.0 - ALPHA).powi(tests as i32)) * 100.0;
+            let explore = (1.0 - (1.0 - ALPHA).powi(tests as i32 - 1)) * 100.0;
             match primary {
                 Some(c) if c.overall.p.is_some() => out.push(format!(
-                    "{tests} Fisher tests in this report: one is primary ({} overall), read at α = {ALPHA} as it stands; the other {} are exploratory and shown with Holm-adjusted p (uncorrected, the chance that at least one of them comes out significant with no real effect anywhere would be about {chance:.0}%).",
+                    "{tests} Fisher tests in this report: one is primary ({} overall), read at α = {ALPHA} as it stands; {} exploratory and shown with Holm-adjusted p (uncorrected, the chance that {} comes out significant with no real effect anywhere would be about {chance:.0}%).",
                     self.pair_label(c),
-                    tests - 1
+                    if tests == 2 { "the other is".to_string() } else { format!("the other {} are", tests - 1) },
+                    if tests == 2 { "it" } else { "at least one of them" },
+                    chance = explore,
                 )),
                 _ => out.push(format!(
                     "{tests} Fisher tests in this report, all exploratory (no baseline → fine-tuned comparison): read their Holm-adjusted p (uncorrected, the chance that at least one comes out significant with no real effect anywhere would be about {chance:.0}%)."

@@ -97,6 +97,9 @@ pub struct ServedModel {
     pub model: String,
     /// Its identity (served name and digest, or file hashes), compact JSON.
     pub identity: String,
+    /// For a fine-tuned arm on a local model: the train output (hex) whose LoRA adapter eval
+    /// applied, unmerged.
+    pub adapter: Option<String>,
 }
 
 /// One benchmark task, so rows can show a human name and difficulty and map to the published

@@ -514,10 +514,13 @@ fn provenance_rows(a: &Analysis, p: &super::Provenance) -> Vec<Vec<TCell>> {
             .iter()
             .find(|x| x.name == m.arm)
             .map_or("", |x| x.role.as_str());
-        row(
-            &format!("model of {} ({role})", m.arm),
-            vec![t(format!("{} — ", m.model)), code(&m.identity)],
-        );
+        let mut v = vec![t(format!("{} — ", m.model)), code(&m.identity)];
+        if let Some(a) = &m.adapter {
+            v.push(t(" + the LoRA adapter of train output "));
+            v.push(code(a.chars().take(12).collect::<String>()));
+            v.push(t(", applied unmerged"));
+        }
+        row(&format!("model of {} ({role})", m.arm), v);
     }
     row(
         "sampling",

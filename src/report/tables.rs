@@ -137,6 +137,7 @@ struct SummaryOut<'a> {
     cause_collection: u64,
     cause_crashed: u64,
     cause_exception: u64,
+    cause_fixture: u64,
     cause_name_error: u64,
     cause_no_tests: u64,
     cause_syntax: u64,
@@ -177,7 +178,7 @@ fn round(x: Option<f64>, digits: i32) -> Option<f64> {
     })
 }
 
-const SUMMARY_HEADER: [&str; 36] = [
+const SUMMARY_HEADER: [&str; 37] = [
     "task",
     "arm",
     "role",
@@ -206,6 +207,7 @@ const SUMMARY_HEADER: [&str; 36] = [
     "cause_collection",
     "cause_crashed",
     "cause_exception",
+    "cause_fixture",
     "cause_name_error",
     "cause_no_tests",
     "cause_syntax",
@@ -247,6 +249,7 @@ fn summary_row<'a>(task: &'a str, arm: &'a str, role: &'a str, c: &Cell) -> Summ
         cause_collection: cause_count(c, Some(Cause::Collection)),
         cause_crashed: cause_count(c, Some(Cause::Crashed)),
         cause_exception: cause_count(c, Some(Cause::Exception)),
+        cause_fixture: cause_count(c, Some(Cause::Fixture)),
         cause_name_error: cause_count(c, Some(Cause::NameError)),
         cause_no_tests: cause_count(c, Some(Cause::NoTests)),
         cause_syntax: cause_count(c, Some(Cause::Syntax)),

@@ -103,7 +103,8 @@ impl Stage for ConvertStage {
         "convert"
     }
     fn version(&self) -> u32 {
-        2
+        // 3: k-quants by llama.cpp's scale searches (the q4_k_m bytes changed).
+        3
     }
     fn deps(&self) -> &'static [&'static str] {
         &["train"]

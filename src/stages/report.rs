@@ -146,23 +146,30 @@ fn provenance(job: &Job<'_>, system: Option<String>) -> Result<Provenance, Stage
                 .unwrap_or_default()
                 .to_string();
             if seen_arms.insert(arm.clone()) {
+                let common: serde_json::Value =
+                    serde_json::from_slice(&job.store.get(&rec.common)?).map_err(|e| {
+                        StageError::Failed(format!("{stage} record's common ingredients: {e}"))
+                    })?;
+                if p.guard_env.is_empty() {
+                    p.guard_env = crate::key::canonical(&common["params"]["guard_env"]);
+                }
                 let model = c
                     .arms
                     .get(&arm)
                     .map(|a| a.model.get_ref().clone())
                     .unwrap_or_default();
+                let identity = &rec.ingredients["model"];
+                // eval applies train's adapter to a local model itself; a served model is asked
+                // as it is.
+                let adapter = (stage == "eval" && identity["backend"] == "local")
+                    .then(|| common["inputs"]["train"].as_str().map(str::to_string))
+                    .flatten();
                 p.models.push(ServedModel {
                     arm,
                     model,
-                    identity: crate::key::canonical(&rec.ingredients["model"]),
+                    identity: crate::key::canonical(identity),
+                    adapter,
                 });
-            }
-            if p.guard_env.is_empty() {
-                let common: serde_json::Value =
-                    serde_json::from_slice(&job.store.get(&rec.common)?).map_err(|e| {
-                        StageError::Failed(format!("{stage} record's common ingredients: {e}"))
-                    })?;
-                p.guard_env = crate::key::canonical(&common["params"]["guard_env"]);
             }
         }
     }

@@ -25,6 +25,8 @@ pub enum Cause {
     /// A test raised `NameError`: most often tests that use `pytest.raises` without
     /// `import pytest`.
     NameError,
+    /// A test asks for a fixture nothing defines: the tests' own bug.
+    Fixture,
     /// A test's assertion failed.
     Assertion,
     /// A test raised another exception.
@@ -41,12 +43,13 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, in column order.
-    pub const ALL: [Cause; 11] = [
+    pub const ALL: [Cause; 12] = [
         Cause::Truncated,
         Cause::Syntax,
         Cause::NoTests,
         Cause::Collection,
         Cause::NameError,
+        Cause::Fixture,
         Cause::Assertion,
         Cause::Exception,
         Cause::Timeout,
@@ -63,6 +66,7 @@ impl Cause {
             Cause::NoTests => "no_tests",
             Cause::Collection => "collection",
             Cause::NameError => "name_error",
+            Cause::Fixture => "fixture",
             Cause::Assertion => "assertion",
             Cause::Exception => "exception",
             Cause::Timeout => "timeout",
@@ -85,6 +89,7 @@ impl Cause {
             Cause::NoTests => "no tests ran",
             Cause::Collection => "import / collection error",
             Cause::NameError => "NameError",
+            Cause::Fixture => "missing fixture",
             Cause::Assertion => "assertion failed",
             Cause::Exception => "other exception",
             Cause::Timeout => "timeout",
@@ -130,7 +135,8 @@ impl Attempt {
     }
 }
 
-/// Failing tests, told apart by the tracebacks in the feedback: a raised `NameError` first
+/// Failing tests, told apart by the tracebacks in the feedback: a raised `NameError` first, then
+/// a fixture nothing defines (both the tests' own bugs)
 /// (the tests' own bug, whatever else failed), then an assertion, else another exception.
 fn failed_tests(feedback: &str) -> Cause {
     // Only a raised NameError counts — a traceback's `E   NameError: …` line — not the word in
@@ -141,6 +147,11 @@ fn failed_tests(feedback: &str) -> Cause {
     };
     if feedback.lines().any(raised) {
         Cause::NameError
+    } else if feedback
+        .lines()
+        .any(|l| l.starts_with('E') && l.contains("fixture '") && l.ends_with("' not found"))
+    {
+        Cause::Fixture
     } else if feedback.contains("AssertionError")
         || feedback.lines().any(|l| {
             l.strip_prefix('E')
@@ -226,6 +237,13 @@ mod tests {
         assert_eq!(
             imp("Failed", "FAILED t.py::test_x\nE   KeyError: 'a'"),
             Some(Cause::Exception)
+        );
+        assert_eq!(
+            imp(
+                "Failed",
+                "ERROR t.py::test_push\nE       fixture 'stack' not found\n>       available fixtures: cache, capsys"
+            ),
+            Some(Cause::Fixture)
         );
         // The word alone is no NameError.
         assert_eq!(
