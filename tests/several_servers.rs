@@ -172,3 +172,90 @@ fn a_failing_server_rests_while_the_other_serves() {
         "the failing server was asked {b_after} times while a served {a_after}"
     );
 }
+
+/// The API key (`api_key_env`) goes to the server and nowhere else: not into the store, the
+/// reports, the build's output, `status` or `show` — even when the server echoes it back in
+/// its errors.
+#[test]
+fn the_api_key_reaches_the_server_and_nowhere_else() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const SECRET: &str = "sk-planted-5e3c9a1f0b7d42";
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c2 = Arc::clone(&calls);
+    let srv = Server::start(move |r: &Request| {
+        if !r.is_chat() {
+            return not_found();
+        }
+        // The first request fails with the request's own header quoted back.
+        if c2.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Reply::Json(
+                503,
+                json!({"error": format!("overloaded; you sent {:?}", r.auth)}),
+                vec![],
+            );
+        }
+        Reply::Content(if r.is_tests_step() {
+            stack_tests_reply(r.body["seed"].as_u64().unwrap() % 100_000)
+        } else {
+            py(IMPL)
+        })
+    });
+    let p = Project::openai(
+        &srv.url,
+        &["stack"],
+        2,
+        0,
+        "api_key_env = \"PIPE_TEST_API_KEY\"\nbackoff_ms = 10",
+    );
+    p.baseline_only();
+    let mut outputs = Vec::new();
+    for args in [
+        &["build", "report", "--json"][..],
+        &["status", "--json"],
+        &["show", "trial/stack/base/0", "--json"],
+    ] {
+        let o = p
+            .real(args)
+            .env("PIPE_TEST_API_KEY", SECRET)
+            .env("RUST_LOG", "debug")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        outputs.push(o.stdout);
+        outputs.push(o.stderr);
+    }
+    let chats = srv.chats();
+    assert!(chats.len() > 4);
+    for r in &chats {
+        assert_eq!(r.auth.as_deref(), Some(format!("Bearer {SECRET}").as_str()));
+    }
+    for (i, out) in outputs.iter().enumerate() {
+        assert!(
+            !String::from_utf8_lossy(out).contains(SECRET),
+            "output {i} holds the key: {}",
+            String::from_utf8_lossy(out)
+        );
+    }
+    let stderr = String::from_utf8_lossy(&outputs[1]);
+    assert!(
+        stderr.contains("[api key]"),
+        "the echoed key is blanked: {stderr}"
+    );
+    for e in walkdir::WalkDir::new(p.path("."))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+    {
+        let bytes = std::fs::read(e.path()).unwrap();
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "{} holds the key",
+            e.path().display()
+        );
+    }
+}

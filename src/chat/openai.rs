@@ -200,6 +200,18 @@ impl OpenAi {
         b.strip_suffix("/v1").unwrap_or(b)
     }
 
+    /// `text` from a server (an error body, a failure) with the API key blanked out: a server
+    /// that echoes the request's headers back must not put the key into a log, an error
+    /// message or the store.
+    fn redact(&self, text: String) -> String {
+        match &self.cfg.api_key {
+            Some(k) if !k.is_empty() && text.contains(k.as_str()) => {
+                text.replace(k.as_str(), "[api key]")
+            }
+            _ => text,
+        }
+    }
+
     fn authed(&self, rb: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
         match &self.cfg.api_key {
             Some(k) => rb.bearer_auth(k),
@@ -242,7 +254,15 @@ impl OpenAi {
             let base = &self.cfg.base_urls[i];
             tries += 1;
             let sent = Instant::now();
-            match f(base) {
+            let outcome = f(base).map_err(|e| match e {
+                Failure::Retry { why, after } => Failure::Retry {
+                    why: self.redact(why),
+                    after,
+                },
+                Failure::Fatal(m) => Failure::Fatal(self.redact(m)),
+                Failure::Dead(m) => Failure::Dead(self.redact(m)),
+            });
+            match outcome {
                 Ok(v) => {
                     self.recovered(i, sent);
                     return Ok((v, tries - 1));

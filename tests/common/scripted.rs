@@ -20,6 +20,8 @@ pub struct Request {
     pub sha256: String,
     /// 0-based arrival number among all requests.
     pub n: usize,
+    /// The `Authorization` header, if any.
+    pub auth: Option<String>,
 }
 
 impl Request {
@@ -188,6 +190,7 @@ fn serve(conn: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>) {
     let method = parts.next().unwrap_or_default().to_string();
     let path = parts.next().unwrap_or_default().to_string();
     let mut len = 0usize;
+    let mut auth = None;
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h).unwrap_or(0) == 0 {
@@ -197,10 +200,12 @@ fn serve(conn: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>) {
         if h.is_empty() {
             break;
         }
-        if let Some((k, v)) = h.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            len = v.trim().parse().unwrap_or(0);
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            } else if k.eq_ignore_ascii_case("authorization") {
+                auth = Some(v.trim().to_string());
+            }
         }
     }
     let mut body = vec![0; len];
@@ -219,6 +224,7 @@ fn serve(conn: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>) {
                 format!("sha256:{:x}", sha2::Sha256::digest(&body))
             },
             n: log.len(),
+            auth,
         };
         log.push(req.clone());
         req
