@@ -43,14 +43,7 @@ fn attempt(step: &str, passed: bool) -> AttemptRow {
 /// Six tasks, a base arm, a fine-tuned arm with a long name, and a second baseline: wide
 /// tables, three comparisons, every chart drawn.
 fn input() -> ReportInput {
-    let tasks = [
-        "stack",
-        "queue",
-        "calculator",
-        "lru_cache",
-        "template",
-        "password",
-    ];
+    let tasks = common::TASKS;
     let arms = [
         ("base", "baseline"),
         (

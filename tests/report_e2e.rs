@@ -196,14 +196,7 @@ fn failure_causes_of_a_scripted_run() {
             }
         }
     });
-    let tasks = [
-        "stack",
-        "queue",
-        "calculator",
-        "lru_cache",
-        "template",
-        "password",
-    ];
+    let tasks = common::TASKS;
     let p = Project::openai(&srv.url, &tasks, 1, 0, "");
     p.baseline_only();
     build(&p, &["build", "report", "--json"]);

@@ -10,27 +10,47 @@ use serde_json::json;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-#[test]
-fn a_server_killed_midway_costs_no_trial() {
-    let a = passing_stack_server();
-    let b = passing_stack_server();
-    let p = Project::openai(&a.url, &["stack"], 12, 0, "");
+/// A baseline-only project of `trials` `stack` trials whose one model is served by `servers`.
+fn stack_project(trials: u32, servers: &[&Server]) -> Project {
+    let p = Project::openai(&servers[0].url, &["stack"], trials, 0, "");
     p.baseline_only();
-    p.set("models.m.base_urls", &format!("[{:?}, {:?}]", a.url, b.url));
+    serve_from(&p, servers);
+    p
+}
+
+/// The model's `base_urls`: these servers.
+fn serve_from(p: &Project, servers: &[&Server]) {
+    let urls: Vec<&str> = servers.iter().map(|s| s.url.as_str()).collect();
+    p.set("models.m.base_urls", &format!("{urls:?}"));
+}
+
+/// `pipe build trial` on `p`, running, once `server` has been asked for 4 replies (the
+/// requests spread).
+fn build_until_asked(p: &Project, server: &Server) -> std::process::Child {
     let child = p
-        .real(&["build", "trial", "--json"])
+        .real(&["build", "trial"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let t0 = Instant::now();
-    while b.chats().len() < 4 {
+    while server.chats().len() < 4 {
         assert!(
             t0.elapsed() < Duration::from_secs(180),
-            "server b was never asked: requests do not spread"
+            "{} was never asked: requests do not spread",
+            server.url
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    child
+}
+
+#[test]
+fn a_server_killed_midway_costs_no_trial() {
+    let a = passing_stack_server();
+    let b = passing_stack_server();
+    let p = stack_project(12, &[&a, &b]);
+    let child = build_until_asked(&p, &b);
     let by_b = b.chats().len();
     drop(b); // refuses connections from now on
     let out = child.wait_with_output().unwrap();
@@ -81,9 +101,7 @@ fn server_with_meta(meta: serde_json::Value) -> Server {
 fn servers_that_serve_different_models_stop_the_build() {
     let a = server_with_meta(json!({"n_params": 1_543_714_304u64, "n_vocab": 151_936}));
     let b = server_with_meta(json!({"n_params": 494_032_768u64, "n_vocab": 151_936}));
-    let p = Project::openai(&a.url, &["stack"], 4, 0, "");
-    p.baseline_only();
-    p.set("models.m.base_urls", &format!("[{:?}, {:?}]", a.url, b.url));
+    let p = stack_project(4, &[&a, &b]);
     let out = p.real(&["build", "trial"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -103,7 +121,7 @@ fn servers_that_serve_different_models_stop_the_build() {
     // The same weights on both (n_ctx is a setting, not the model): the build goes ahead.
     let c =
         server_with_meta(json!({"n_params": 1_543_714_304u64, "n_vocab": 151_936, "n_ctx": 8192}));
-    p.set("models.m.base_urls", &format!("[{:?}, {:?}]", a.url, c.url));
+    serve_from(&p, &[&a, &c]);
     let out = p.real(&["build", "trial"]).output().unwrap();
     assert!(
         out.status.success(),
@@ -137,20 +155,8 @@ fn a_failing_server_rests_while_the_other_serves() {
             py(IMPL)
         })
     });
-    let p = Project::openai(&a.url, &["stack"], 12, 0, "");
-    p.baseline_only();
-    p.set("models.m.base_urls", &format!("[{:?}, {:?}]", a.url, b.url));
-    let child = p
-        .real(&["build", "trial"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while b.chats().len() < 4 {
-        assert!(t0.elapsed() < Duration::from_secs(180), "b never asked");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let p = stack_project(12, &[&a, &b]);
+    let child = build_until_asked(&p, &b);
     broken.store(true, Ordering::SeqCst);
     let a_before = a.chats().len();
     let out = child.wait_with_output().unwrap();

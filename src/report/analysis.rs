@@ -163,6 +163,24 @@ impl<'a> Cell<'a> {
         }
     }
 
+    /// Failed trials whose failing step was `step`.
+    pub fn failed_at(&self, step: &str) -> u64 {
+        self.causes
+            .iter()
+            .filter(|((s, _), _)| s == step)
+            .map(|(_, k)| k)
+            .sum()
+    }
+
+    /// Failed trials whose cause was `cause` (`None`: unknown), at whatever step.
+    pub fn failed_with(&self, cause: Option<Cause>) -> u64 {
+        self.causes
+            .iter()
+            .filter(|((_, c), _)| *c == cause)
+            .map(|(_, k)| k)
+            .sum()
+    }
+
     /// Half-width of the Wilson interval, in points.
     pub fn half_width(&self) -> f64 {
         (self.ci.1 - self.ci.0) * 50.0
@@ -460,7 +478,7 @@ impl<'a> Analysis<'a> {
             .map(|(ai, g)| Cell::new(g, arms[ai].rmax))
             .collect();
 
-        let comparisons: Vec<Comparison> = pairs(&arms)
+        let mut comparisons: Vec<Comparison> = pairs(&arms)
             .into_iter()
             .map(|(i, j)| Comparison {
                 earlier: i,
@@ -488,7 +506,6 @@ impl<'a> Analysis<'a> {
                 primary: false,
             })
             .collect();
-        let mut comparisons = comparisons;
         if let Some(c) = comparisons
             .iter_mut()
             .find(|c| arms[c.earlier].role == "baseline" && arms[c.later].role == "finetuned")
@@ -783,18 +800,20 @@ impl<'a> Analysis<'a> {
         let tests = self.test_count();
         let primary = self.comparisons.iter().find(|c| c.primary);
         if tests > 1 {
-            let chance = (1.0 - (1.0 - ALPHA).powi(tests as i32)) * 100.0;
-            let explore = (1.0 - (1.0 - ALPHA).powi(tests as i32 - 1)) * 100.0;
+            // The chance, with no real effect anywhere, that at least one of `k` uncorrected
+            // tests comes out significant (treating them as independent).
+            let chance = |k: usize| (1.0 - (1.0 - ALPHA).powi(k as i32)) * 100.0;
             match primary {
                 Some(c) if c.overall.p.is_some() => out.push(format!(
-                    "{tests} Fisher tests in this report: one is primary ({} overall), read at α = {ALPHA} as it stands; {} exploratory and shown with Holm-adjusted p (uncorrected, the chance that {} comes out significant with no real effect anywhere would be about {chance:.0}%).",
+                    "{tests} Fisher tests in this report: one is primary ({} overall), read at α = {ALPHA} as it stands; {} exploratory and shown with Holm-adjusted p (uncorrected, the chance that {} comes out significant with no real effect anywhere would be about {:.0}%).",
                     self.pair_label(c),
                     if tests == 2 { "the other is".to_string() } else { format!("the other {} are", tests - 1) },
                     if tests == 2 { "it" } else { "at least one of them" },
-                    chance = explore,
+                    chance(tests - 1),
                 )),
                 _ => out.push(format!(
-                    "{tests} Fisher tests in this report, all exploratory (no baseline → fine-tuned comparison): read their Holm-adjusted p (uncorrected, the chance that at least one comes out significant with no real effect anywhere would be about {chance:.0}%)."
+                    "{tests} Fisher tests in this report, all exploratory (no baseline → fine-tuned comparison): read their Holm-adjusted p (uncorrected, the chance that at least one comes out significant with no real effect anywhere would be about {:.0}%).",
+                    chance(tests)
                 )),
             }
         }

@@ -106,9 +106,9 @@ fn arm_names(a: &Analysis) -> Vec<String> {
     a.arms.iter().map(|a| a.name.clone()).collect()
 }
 
-/// A name as charts show it: long ones shortened with "…" (the tables carry them whole), so
-/// legends and row labels stay inside the chart.
-/// The middle goes, so names that differ only at the end (`…-lr1e-4`, `…-lr3e-4`) stay apart.
+/// A name as charts show it: long ones lose their middle to "…" (the tables carry them whole),
+/// so legends and row labels stay inside the chart and names that differ only at the end
+/// (`…-lr1e-4`, `…-lr3e-4`) stay apart.
 fn short_name(n: &str) -> String {
     let chars: Vec<char> = n.chars().collect();
     if chars.len() > 28 {

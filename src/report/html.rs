@@ -37,11 +37,20 @@ pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f8fa;border:1px so
 body:has(#only-failed:checked) li.trial.y{display:none}
 .filter{position:sticky;top:0;background:#fff;padding:.3rem 0;margin:0}
 .muted{color:#666}
-.scroll{overflow-x:auto;max-width:100%}
-.scroll::after{content:'';display:block}
 .wide-hint{display:none;font-size:.8rem;color:#666}
 @media (max-width:700px){.wide-hint{display:block}}
 ";
+
+/// A page's start, up to and including `<body>`: the same markup and styles for the report and
+/// its transcript pages.
+fn head(out: &mut String, title: &str) {
+    out.push_str("<!DOCTYPE html>\n<html xmlns=\"http://www.w3.org/1999/xhtml\" lang=\"en\" xml:lang=\"en\">\n<head>\n<meta charset=\"utf-8\"/>\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"/>\n");
+    let _ = writeln!(out, "<title>{}</title>", esc(title));
+    let _ = writeln!(out, "<style>{CSS}</style>\n</head>\n<body>");
+}
+
+/// The "failed trials only" switch (CSS `:has`, no script).
+const FILTER: &str = "<p class=\"filter\"><label><input type=\"checkbox\" id=\"only-failed\"/> show failed trials only</label></p>\n";
 
 fn inline(out: &mut String, parts: &[Inline]) {
     for p in parts {
@@ -63,9 +72,8 @@ fn inline(out: &mut String, parts: &[Inline]) {
 pub fn render(a: &Analysis, doc: &Doc) -> String {
     let mut out = String::with_capacity(64 * 1024 + a.input.trials.len() * 64);
     let title = format!("Report: {}", a.input.experiment);
-    out.push_str("<!DOCTYPE html>\n<html xmlns=\"http://www.w3.org/1999/xhtml\" lang=\"en\" xml:lang=\"en\">\n<head>\n<meta charset=\"utf-8\"/>\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"/>\n");
-    let _ = writeln!(out, "<title>{}</title>", esc(&title));
-    let _ = writeln!(out, "<style>{CSS}</style>\n</head>\n<body>\n<header>");
+    head(&mut out, &title);
+    out.push_str("<header>\n");
     let _ = writeln!(out, "<h1>{}</h1>", esc(&title));
     out.push_str("<nav id=\"toc\"><ul>");
     for s in &doc.sections {
@@ -164,7 +172,7 @@ pub fn placement(a: &Analysis) -> Transcripts {
 
 fn trial_lists(out: &mut String, a: &Analysis) {
     let place = placement(a);
-    out.push_str("<p class=\"filter\"><label><input type=\"checkbox\" id=\"only-failed\"/> show failed trials only</label></p>\n");
+    out.push_str(FILTER);
     if place == Transcripts::Sibling {
         out.push_str("<p class=\"muted\">The transcripts are too large for this page: each trial links to its transcript in a page of its task and arm beside this file (<code>transcripts-&lt;task&gt;-&lt;arm&gt;.html</code>).</p>\n");
     }
@@ -325,9 +333,8 @@ pub fn transcript_pages(a: &Analysis) -> Vec<(String, String)> {
                 "Transcripts: {} × {} ({})",
                 task.id, arm.name, a.input.experiment
             );
-            out.push_str("<!DOCTYPE html>\n<html xmlns=\"http://www.w3.org/1999/xhtml\" lang=\"en\" xml:lang=\"en\">\n<head>\n<meta charset=\"utf-8\"/>\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"/>\n");
-            let _ = writeln!(out, "<title>{}</title>", esc(&title));
-            let _ = writeln!(out, "<style>{CSS}</style>\n</head>\n<body>\n<main>");
+            head(&mut out, &title);
+            out.push_str("<main>\n");
             let _ = writeln!(
                 out,
                 "<h1>{}</h1>\n<p><a href=\"report.html#{}\">back to the report</a> · {}/{} passed</p>",
@@ -336,7 +343,8 @@ pub fn transcript_pages(a: &Analysis) -> Vec<(String, String)> {
                 c.successes,
                 c.n
             );
-            out.push_str("<p class=\"filter\"><label><input type=\"checkbox\" id=\"only-failed\"/> show failed trials only</label></p>\n<ul class=\"tl\">\n");
+            out.push_str(FILTER);
+            out.push_str("<ul class=\"tl\">\n");
             for t in &c.trials {
                 trial_item(&mut out, t, Transcripts::Inline);
             }

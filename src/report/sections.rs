@@ -575,16 +575,12 @@ fn provenance_rows(a: &Analysis, p: &super::Provenance) -> Vec<Vec<TCell>> {
 /// Why trials failed: per arm and task, by step and by cause, and how many replies were cut
 /// off — the numbers that tell a user what to change.
 fn failures(a: &Analysis) -> Section {
-    use super::Cause;
-    let mut seen: Vec<Option<Cause>> = Vec::new();
-    for c in a.overall.iter() {
-        for (_, cause) in c.causes.keys() {
-            if !seen.contains(cause) {
-                seen.push(*cause);
-            }
-        }
-    }
-    seen.sort();
+    // The causes that occur anywhere, in column order.
+    let seen: std::collections::BTreeSet<Option<super::Cause>> = a
+        .overall
+        .iter()
+        .flat_map(|c| c.causes.keys().map(|(_, cause)| *cause))
+        .collect();
     let mut blocks = vec![Block::Para(vec![t(
         "Failed trials by the step that used up its attempts and by the cause of its last attempt, read from the transcripts; then every request whose reply was cut off by max_tokens (truncated replies never parse or run as meant: raise sampling.max_tokens). Each number links to the trials it counts.",
     )])];
@@ -612,22 +608,10 @@ fn failures(a: &Analysis) -> Section {
                 c_parts(vec![link(format!("{failed}/{}", c.n), target.clone())]),
             ];
             for step in ["tests", "impl", "mutation"] {
-                let k: u64 = c
-                    .causes
-                    .iter()
-                    .filter(|((s, _), _)| s == step)
-                    .map(|(_, k)| k)
-                    .sum();
-                row.push(count_cell(k, &target));
+                row.push(count_cell(c.failed_at(step), &target));
             }
             for cause in &seen {
-                let k: u64 = c
-                    .causes
-                    .iter()
-                    .filter(|((_, x), _)| x == cause)
-                    .map(|(_, k)| k)
-                    .sum();
-                row.push(count_cell(k, &target));
+                row.push(count_cell(c.failed_with(*cause), &target));
             }
             row.push(if c.attempts == 0 {
                 dash()

@@ -148,23 +148,6 @@ struct SummaryOut<'a> {
     cause_weak_tests: u64,
 }
 
-/// Failed trials with `cause` (`None`: unknown).
-fn cause_count(c: &Cell, cause: Option<Cause>) -> u64 {
-    c.causes
-        .iter()
-        .filter(|((_, x), _)| *x == cause)
-        .map(|(_, k)| k)
-        .sum()
-}
-
-fn failed_at(c: &Cell, step: &str) -> u64 {
-    c.causes
-        .iter()
-        .filter(|((s, _), _)| s == step)
-        .map(|(_, k)| k)
-        .sum()
-}
-
 /// `x` rounded to `digits` decimals: the CSV and JSON then print `137.2795`, not the binary
 /// noise of a mean (`137.27949999999998`); every figure keeps more digits than it means.
 fn round(x: Option<f64>, digits: i32) -> Option<f64> {
@@ -242,22 +225,22 @@ fn summary_row<'a>(task: &'a str, arm: &'a str, role: &'a str, c: &Cell) -> Summ
         test_strength_n: c.strength_n,
         attempts: c.attempts,
         truncated_attempts: c.truncated,
-        failed_at_tests: failed_at(c, "tests"),
-        failed_at_impl: failed_at(c, "impl"),
-        failed_at_mutation: failed_at(c, "mutation"),
-        cause_assertion: cause_count(c, Some(Cause::Assertion)),
-        cause_collection: cause_count(c, Some(Cause::Collection)),
-        cause_crashed: cause_count(c, Some(Cause::Crashed)),
-        cause_exception: cause_count(c, Some(Cause::Exception)),
-        cause_fixture: cause_count(c, Some(Cause::Fixture)),
-        cause_name_error: cause_count(c, Some(Cause::NameError)),
-        cause_no_tests: cause_count(c, Some(Cause::NoTests)),
-        cause_syntax: cause_count(c, Some(Cause::Syntax)),
-        cause_tampered: cause_count(c, Some(Cause::Tampered)),
-        cause_timeout: cause_count(c, Some(Cause::Timeout)),
-        cause_truncated: cause_count(c, Some(Cause::Truncated)),
-        cause_unknown: cause_count(c, None),
-        cause_weak_tests: cause_count(c, Some(Cause::WeakTests)),
+        failed_at_tests: c.failed_at("tests"),
+        failed_at_impl: c.failed_at("impl"),
+        failed_at_mutation: c.failed_at("mutation"),
+        cause_assertion: c.failed_with(Some(Cause::Assertion)),
+        cause_collection: c.failed_with(Some(Cause::Collection)),
+        cause_crashed: c.failed_with(Some(Cause::Crashed)),
+        cause_exception: c.failed_with(Some(Cause::Exception)),
+        cause_fixture: c.failed_with(Some(Cause::Fixture)),
+        cause_name_error: c.failed_with(Some(Cause::NameError)),
+        cause_no_tests: c.failed_with(Some(Cause::NoTests)),
+        cause_syntax: c.failed_with(Some(Cause::Syntax)),
+        cause_tampered: c.failed_with(Some(Cause::Tampered)),
+        cause_timeout: c.failed_with(Some(Cause::Timeout)),
+        cause_truncated: c.failed_with(Some(Cause::Truncated)),
+        cause_unknown: c.failed_with(None),
+        cause_weak_tests: c.failed_with(Some(Cause::WeakTests)),
     }
 }
 

@@ -13,7 +13,7 @@ use crate::report::{
     ArmInfo, AttemptRow, ExtractCounts, Provenance, ReportInput, ServedModel, TaskInfo, Training,
     TrialRow,
 };
-use crate::store::{Manifest, ManifestEntry, Store, StoreError};
+use crate::store::{ActionRecord, Manifest, ManifestEntry, Store, StoreError};
 use crate::workflow::{TrialRecord, TrialSummary};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -130,10 +130,15 @@ fn provenance(job: &Job<'_>, system: Option<String>) -> Result<Provenance, Stage
         if !job.upstream.contains_key(stage) {
             continue;
         }
-        for e in ran(stage, job.manifest(stage)?) {
-            let Some(rec) = job.store.record(&e.key)? else {
-                continue;
-            };
+        // One record per trial: read in parallel (like the transcripts), folded in order.
+        let records: Vec<Option<ActionRecord>> = {
+            use rayon::prelude::*;
+            let keys: Vec<_> = ran(stage, job.manifest(stage)?).map(|e| e.key).collect();
+            keys.par_iter()
+                .map(|k| job.store.record(k))
+                .collect::<Result<_, _>>()?
+        };
+        for rec in records.into_iter().flatten() {
             versions.insert(rec.producer.version.clone());
             hosts.insert(rec.producer.host.clone());
             p.first_ms = Some(p.first_ms.map_or(rec.started_ms, |f| f.min(rec.started_ms)));

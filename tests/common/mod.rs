@@ -26,7 +26,7 @@ impl Project {
                     format!("trials = {trials}")
                 } else if l.starts_with("tasks =") {
                     // All six, whatever the default runs.
-                    "tasks = [\"stack\", \"queue\", \"calculator\", \"lru_cache\", \"template\", \"password\"]".to_string()
+                    format!("tasks = {TASKS:?}")
                 } else if l.starts_with("lease_ttl_s =") {
                     format!("lease_ttl_s = {lease_ttl_s}")
                 } else {
@@ -391,6 +391,16 @@ pub fn edit_toml(text: &str, key: &str, value: Option<&str>, must_exist: bool) -
 
 /// The small model every model test runs (fetched by scripts/setup.sh).
 pub const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The six benchmark tasks (tasks/*.json), in the paper's order.
+pub const TASKS: [&str; 6] = [
+    "stack",
+    "queue",
+    "calculator",
+    "lru_cache",
+    "template",
+    "password",
+];
 
 /// A model file of the repo (`rel` to its root), which scripts/setup.sh must have fetched.
 pub fn model(rel: &str) -> PathBuf {
