@@ -215,6 +215,7 @@ fn stage_path(inp: &ReportInput) {
         StoreOptions {
             lease_ttl: Duration::from_secs(30),
             fsync: false,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -269,4 +269,19 @@ else
   echo "setup: WARNING: no chromium or no playwright; the report's browser test will be skipped" >&2
 fi
 
+# ---------------------------------------------------------------------------------------------
+# 6. A real S3-compatible server for the store's bucket tests: moto, on loopback, in a venv of
+# its own (like the browser's, apart from .venv). The store suite runs against it and a
+# directory alike; it is required, so a failure here stops set-up.
+S3_VENV=$REPO/.venv-s3
+S3_PINS=('moto[server]==5.2.5')
+S3_WANT="python=$PY ${S3_PINS[*]}"
+if [ ! -x "$S3_VENV/bin/moto_server" ] || [ "$(cat "$S3_VENV/.pipe-pins" 2>/dev/null)" != "$S3_WANT" ]; then
+  rm -rf "$S3_VENV"
+  "$PY" -m venv "$S3_VENV"
+  "$S3_VENV/bin/python" -m pip install -q --disable-pip-version-check --no-input "${S3_PINS[@]}"
+  printf '%s\n' "$S3_WANT" >"$S3_VENV/.pipe-pins"
+fi
+echo "setup: S3 test server: moto $("$S3_VENV/bin/python" -c 'import moto; print(moto.__version__)')"
+
 echo "setup: ok"

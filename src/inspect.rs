@@ -79,16 +79,13 @@ pub fn show(
         (true, crate::store::dirs::ACTIONS),
         (false, crate::store::dirs::OBJECTS),
     ] {
-        let shard = store.root().join(dir).join(&hex[..2]);
-        if let Ok(rd) = std::fs::read_dir(shard) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().to_string();
-                let stem = name.strip_suffix(".json").unwrap_or(&name);
-                if stem.starts_with(&hex)
-                    && let Ok(h) = stem.parse()
-                {
-                    hits.push((is_record, h));
-                }
+        for m in store.backend().list(&format!("{dir}/{}/", &hex[..2]))? {
+            let name = m.key.rsplit('/').next().unwrap_or_default();
+            let stem = name.strip_suffix(".json").unwrap_or(name);
+            if stem.starts_with(&hex)
+                && let Ok(h) = stem.parse()
+            {
+                hits.push((is_record, h));
             }
         }
     }

@@ -24,6 +24,11 @@ pub struct Args {
     /// exercises the engine and store without models or a sandbox.
     #[arg(long, global = true, env = "PIPE_SYNTHETIC", hide_env = true)]
     pub synthetic: bool,
+    /// The store: a directory, or a bucket that several machines share (`s3://bucket/prefix`;
+    /// endpoint, region and credentials from the usual AWS_* variables). Overrides
+    /// `store.path`.
+    #[arg(long, global = true, env = "PIPE_STORE")]
+    pub store: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub cmd: Cmd,

@@ -103,13 +103,14 @@ fn load(args: &Args) -> Result<Loaded> {
     config::load(&args.file).map_err(|e| BadInput(e.to_string()).into())
 }
 
-fn open_store(l: &Loaded) -> Result<Store> {
-    let dir = l.store_dir();
+fn open_store(args: &Args, l: &Loaded) -> Result<Store> {
+    let at = l.store_location(args.store.as_deref());
     let opts = StoreOptions {
         lease_ttl: Duration::from_secs_f64(l.config.store.lease_ttl_s.max(0.1)),
         fsync: std::env::var("PIPE_UNSAFE_NO_FSYNC").is_err(),
+        aws: Vec::new(),
     };
-    Store::open(&dir, opts).with_context(|| format!("opening the store at {}", dir.display()))
+    Store::open_at(&at, opts).with_context(|| format!("opening the store at {at}"))
 }
 
 fn mode(args: &Args) -> Mode {
@@ -140,7 +141,7 @@ fn run(args: Args) -> Result<Exit> {
             // Reject unknown targets before touching the store.
             let scope = stages::BuildScope::new(mode(&args), &loaded, &b.targets)
                 .map_err(|e| BadInput(e.to_string()))?;
-            let store = open_store(&loaded)?;
+            let store = open_store(&args, &loaded)?;
             let pipeline = stages::pipeline(
                 mode(&args),
                 Arc::new(Runtime::new(&loaded, Some(&store), scope.probe())),
@@ -167,7 +168,7 @@ fn run(args: Args) -> Result<Exit> {
             })
         }
         Cmd::Status(s) => {
-            let store = open_store(&loaded)?;
+            let store = open_store(&args, &loaded)?;
             let pipeline = offline(Some(&store));
             let st = engine::status(&store, &pipeline, &cx)?;
             render::status(&st, s.json);
@@ -177,21 +178,21 @@ fn run(args: Args) -> Result<Exit> {
             offline(None)
                 .closure(std::slice::from_ref(&e.target))
                 .map_err(|err| BadInput(err.to_string()))?;
-            let store = open_store(&loaded)?;
+            let store = open_store(&args, &loaded)?;
             let pipeline = offline(Some(&store));
             let ex = engine::explain(&store, &pipeline, &cx, &e.target)?;
             render::explain(&ex, e.json);
             Ok(Exit::Ok)
         }
         Cmd::Show(s) => {
-            let store = open_store(&loaded)?;
+            let store = open_store(&args, &loaded)?;
             let pipeline = offline(Some(&store));
             let v = pipe::inspect::show(&store, &pipeline, &cx, &s.what)?;
             render::show(&v, s.json);
             Ok(Exit::Ok)
         }
         Cmd::Verify(v) => {
-            let store = open_store(&loaded)?;
+            let store = open_store(&args, &loaded)?;
             let rep = store.verify()?;
             render::verify(&rep, v.json);
             Ok(if rep.is_clean() {
@@ -201,13 +202,13 @@ fn run(args: Args) -> Result<Exit> {
             })
         }
         Cmd::Gc(g) => {
-            let store = open_store(&loaded)?;
+            let store = open_store(&args, &loaded)?;
             let rep = store.gc(g.grace, g.dry_run)?;
             render::gc(&rep, g.json, g.dry_run);
             Ok(Exit::Ok)
         }
         Cmd::Export(x) => {
-            let store = open_store(&loaded)?;
+            let store = open_store(&args, &loaded)?;
             let files =
                 pipe::stages::convert::deliverables(&store).map_err(|e| anyhow::anyhow!(e))?;
             match x {
@@ -228,7 +229,8 @@ fn run(args: Args) -> Result<Exit> {
                         .filter(|(n, _)| n.starts_with("model-") && n.ends_with(".gguf"))
                         .min_by_key(|(n, _)| !n.contains("q4_k_m"))
                         .ok_or_else(|| anyhow::anyhow!("convert made no merged model"))?;
-                    let path = store.object_file(&merged.1)?;
+                    let file = store.object_file(&merged.1)?;
+                    let path = file.path().to_path_buf();
                     let url = if url.contains("://") {
                         url.clone()
                     } else {

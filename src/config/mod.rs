@@ -257,7 +257,8 @@ pub struct ReportCfg {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StoreCfg {
-    /// Store directory, relative to the config file.
+    /// Store directory, relative to the config file, or a bucket URL (`s3://bucket/prefix`)
+    /// that several machines share. `--store` or `PIPE_STORE` override it.
     pub path: String,
     /// Seconds a lease lives without a heartbeat.
     pub lease_ttl_s: f64,
@@ -301,9 +302,12 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// The store directory.
-    pub fn store_dir(&self) -> PathBuf {
-        self.dir.join(&self.config.store.path)
+    /// Where the store is: `override_` (from `--store`) or `store.path`.
+    pub fn store_location(&self, override_: Option<&str>) -> crate::store::backend::Location {
+        crate::store::backend::Location::parse(
+            override_.unwrap_or(&self.config.store.path),
+            &self.dir,
+        )
     }
     /// The reports directory.
     pub fn report_dir(&self) -> PathBuf {

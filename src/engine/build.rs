@@ -317,7 +317,7 @@ fn run_stage(
         if let Some(e) = old_entries.get(key) {
             // Refresh: another process may point this stage's ref elsewhere meanwhile, and a
             // concurrent gc must not take the record before our ref names it again.
-            store.touch(&store.record_path(key));
+            store.touch_record(key);
             *slots[i].lock().unwrap() = Some(ManifestEntry {
                 id: item.id.clone(),
                 ..e.clone()
@@ -325,7 +325,7 @@ fn run_stage(
             run.cached += 1;
         } else if let Some(rec) = store.record(key)? {
             // Found outside the last build: refresh it so a concurrent gc keeps it.
-            store.touch(&store.record_path(key));
+            store.touch_record(key);
             *slots[i].lock().unwrap() = Some(entry(item, rec));
             run.cached += 1;
         } else {

@@ -6,7 +6,6 @@ use super::plan::{Done, Found, Next, manifest_from_records, walk};
 use super::{Context, Pipeline};
 use crate::key::Hash;
 use crate::store::{Store, StoreError};
-use rayon::prelude::*;
 use serde::Serialize;
 
 /// Where a target stands.
@@ -81,7 +80,7 @@ pub fn status(
                         .unwrap_or_default(),
                     None => Default::default(),
                 };
-                let present: Vec<bool> = ev.keys.par_iter().map(|k| store.has_record(k)).collect();
+                let present = store.records_present(&ev.keys)?;
                 let done = present.iter().filter(|p| **p).count();
                 let new_done = ev
                     .keys
@@ -90,15 +89,14 @@ pub fn status(
                     .filter(|(k, p)| **p && !covered.contains(*k))
                     .count();
                 let total = ev.items.len();
+                let leases = store.live_leases()?;
                 let running: Vec<(String, String)> = ev
                     .keys
                     .iter()
                     .zip(&ev.items)
                     .zip(&present)
                     .filter(|(_, p)| !**p)
-                    .filter_map(|((k, it), _)| {
-                        store.live_lease(k).map(|l| (it.id.clone(), l.holder()))
-                    })
+                    .filter_map(|((k, it), _)| leases.get(k).map(|l| (it.id.clone(), l.holder())))
                     .collect();
                 if done == total {
                     // Complete but its ref was not yet written (a build stopped just before

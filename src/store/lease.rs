@@ -3,18 +3,20 @@
 //! records being created only if absent (the first writer wins).
 //!
 //! A lease lives in `leases-v1/<key>.<generation>`, created only if absent. The holder rewrites it every
-//! `ttl / 3` with a new expiry (the heartbeat). A lease is dead when its expiry has passed, or at
+//! `ttl / 3` with a new expiry and a renewal count (the heartbeat), by compare and swap over the
+//! version it last wrote: a heartbeat never re-creates a lease gc removed or overwrites another
+//! writer's, and since every renewal changes the bytes, an old version (an S3 ETag is the MD5
+//! of the bytes) never matches again. A lease is dead when its expiry has passed, or at
 //! once when its holder is on this host (same boot) and its process is gone. A dead generation
 //! `g` is taken over by creating `g + 1`, which only one process can do. Nothing here uses
 //! `flock`, so it works the same on a directory shared between machines, given clocks that
 //! agree to well within the TTL.
 
-use super::atomic::Mode;
+use super::backend::{Backend, Cond, Put, Version};
 use super::{ActionRecord, Store, StoreError};
 use crate::key::Hash;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,12 +39,21 @@ pub struct LeaseInfo {
     pub acquired_ms: u64,
     /// Unix ms after which the lease is dead unless renewed.
     pub expires_ms: u64,
+    /// Heartbeats so far: every renewal writes different bytes, even within one millisecond.
+    #[serde(default)]
+    pub renewals: u64,
 }
 
 impl LeaseInfo {
-    /// Read a lease file; `None` when absent or unreadable.
-    pub fn read(path: &std::path::Path) -> Option<LeaseInfo> {
-        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    /// Parse a lease's bytes; `None` when unreadable.
+    pub fn parse(bytes: &[u8]) -> Option<LeaseInfo> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    /// Read the lease stored under `key` with its version; `None` when absent or unreadable.
+    pub fn read(backend: &dyn Backend, key: &str) -> Option<(LeaseInfo, Version)> {
+        let b = backend.get(key).ok()??;
+        Some((Self::parse(&b.bytes)?, b.version))
     }
 
     /// Whether the holder still counts as working on the key.
@@ -163,7 +174,7 @@ pub enum Acquire<'s> {
 pub struct Lease<'s> {
     store: &'s Store,
     info: LeaseInfo,
-    path: PathBuf,
+    path: String,
     released: bool,
 }
 
@@ -216,7 +227,7 @@ impl<'s> Lease<'s> {
         if let Ok(Committed::Written) = res
             && let Some((name, id)) = named.iter().find(|(_, id)| !self.store.has_object(id))
         {
-            let _ = std::fs::remove_file(self.store.record_path(&record.key));
+            self.store.remove_record(&record.key);
             self.release_inner();
             return Err(StoreError::MissingOutput {
                 key: record.key,
@@ -237,14 +248,14 @@ impl<'s> Lease<'s> {
         // Remove the file only if it is still ours: after a takeover it may be another
         // holder's. Older generations stay (gc removes whole dead chains), so a chain never
         // has a gap that would let a second holder start again at generation 0.
-        let ours = LeaseInfo::read(&self.path).is_some_and(|i| {
+        let ours = LeaseInfo::read(self.store.backend(), &self.path).is_some_and(|(i, _)| {
             i.pid == self.info.pid
                 && i.host == self.info.host
                 && i.start_time == self.info.start_time
                 && i.acquired_ms == self.info.acquired_ms
         });
         if ours {
-            let _ = std::fs::remove_file(&self.path);
+            let _ = self.store.backend().delete(&self.path);
         }
     }
 }
@@ -257,15 +268,33 @@ impl Drop for Lease<'_> {
 }
 
 impl Store {
-    pub(crate) fn lease_path(&self, key: &Hash, generation: u32) -> PathBuf {
-        self.root
-            .join(super::dirs::LEASES)
-            .join(format!("{}.{generation}", key.to_hex()))
+    /// The key generation `generation` of `key`'s lease is stored under.
+    pub fn lease_key(key: &Hash, generation: u32) -> String {
+        format!("{}/{}.{generation}", super::dirs::LEASES, key.to_hex())
     }
 
     /// Read generation `generation` of a key's lease, if present and readable.
     fn read_lease(&self, key: &Hash, generation: u32) -> Option<LeaseInfo> {
-        LeaseInfo::read(&self.lease_path(key, generation))
+        LeaseInfo::read(self.backend(), &Self::lease_key(key, generation)).map(|(i, _)| i)
+    }
+
+    /// Every live lease, by key: one listing (then a read of each lease present), not a
+    /// request per key — what `status` shows as running.
+    pub fn live_leases(&self) -> Result<HashMap<Hash, LeaseInfo>, StoreError> {
+        let mut out: HashMap<Hash, LeaseInfo> = HashMap::new();
+        for m in self.backend().list(&format!("{}/", super::dirs::LEASES))? {
+            let Some((info, _)) = LeaseInfo::read(self.backend(), &m.key) else {
+                continue;
+            };
+            if info.is_live(&self.me)
+                && out
+                    .get(&info.key)
+                    .is_none_or(|o| o.generation < info.generation)
+            {
+                out.insert(info.key, info);
+            }
+        }
+        Ok(out)
     }
 
     /// The live lease on a key, if any (for status).
@@ -285,7 +314,7 @@ impl Store {
     pub fn try_lease(&self, key: &Hash) -> Result<Acquire<'_>, StoreError> {
         let mut generation = 0u32;
         loop {
-            let path = self.lease_path(key, generation);
+            let path = Self::lease_key(key, generation);
             let now = now_ms();
             let info = LeaseInfo {
                 key: *key,
@@ -296,10 +325,11 @@ impl Store {
                 start_time: self.me.start_time,
                 acquired_ms: now,
                 expires_ms: now + self.lease_ttl.as_millis() as u64,
+                renewals: 0,
             };
             let bytes = serde_json::to_vec(&info).expect("lease serialises");
-            if self.writer.write(&path, &bytes, Mode::CreateNew)? {
-                keeper().hold(path.clone(), info.clone(), self.clone_for_keeper());
+            if let Put::Written(version) = self.backend().put(&path, &bytes, Cond::IfAbsent)? {
+                keeper().hold(path.clone(), info.clone(), version, self.clone_for_keeper());
                 return Ok(Acquire::Held(Lease {
                     store: self,
                     info,
@@ -313,7 +343,7 @@ impl Store {
                 None => {
                     // Removed between our create and read (its holder released it), or torn by
                     // a foreign writer: retry this generation, then move past it.
-                    if std::fs::metadata(&path).is_ok() {
+                    if self.backend().head(&path)?.is_some() {
                         generation += 1;
                     }
                 }
@@ -328,7 +358,7 @@ impl Store {
 
     fn clone_for_keeper(&self) -> KeeperStore {
         KeeperStore {
-            writer: self.writer.clone(),
+            backend: Arc::clone(&self.backend),
             ttl: self.lease_ttl,
         }
     }
@@ -337,13 +367,16 @@ impl Store {
 /// What the heartbeat thread needs of a store.
 #[derive(Clone)]
 struct KeeperStore {
-    writer: super::atomic::Writer,
+    backend: Arc<dyn Backend>,
     ttl: Duration,
 }
 
+/// A lease the heartbeat renews: what it says, the version last written, where.
+type Held = (LeaseInfo, Version, KeeperStore);
+
 /// The heartbeat: one thread per process renews every held lease every `ttl / 3`.
 struct Keeper {
-    held: Mutex<HashMap<PathBuf, (LeaseInfo, KeeperStore)>>,
+    held: Mutex<HashMap<String, Held>>,
 }
 
 fn keeper() -> &'static Arc<Keeper> {
@@ -362,10 +395,13 @@ fn keeper() -> &'static Arc<Keeper> {
 }
 
 impl Keeper {
-    fn hold(&self, path: PathBuf, info: LeaseInfo, store: KeeperStore) {
-        self.held.lock().unwrap().insert(path, (info, store));
+    fn hold(&self, path: String, info: LeaseInfo, version: Version, store: KeeperStore) {
+        self.held
+            .lock()
+            .unwrap()
+            .insert(path, (info, version, store));
     }
-    fn forget(&self, path: &PathBuf) {
+    fn forget(&self, path: &String) {
         // Holding the lock while the caller deletes the file is not needed: a renewal runs under
         // this lock and checks membership first, so once removed here it is never rewritten.
         self.held.lock().unwrap().remove(path);
@@ -378,24 +414,42 @@ impl Keeper {
                 let now = now_ms();
                 // A lease that expired before we could renew it may have been taken over:
                 // rewriting it would overwrite the new holder. It is lost; stop renewing it.
-                held.retain(|path, (info, _)| {
+                held.retain(|path, (info, _, _)| {
                     let alive = info.expires_ms > now;
                     if !alive {
-                        tracing::warn!("lease {} expired before renewal; given up", path.display());
+                        tracing::warn!("lease {path} expired before renewal; given up");
                     }
                     alive
                 });
-                for (path, (info, store)) in held.iter_mut() {
+                let mut lost = Vec::new();
+                for (path, (info, version, store)) in held.iter_mut() {
                     let third = store.ttl / 3;
                     sleep = sleep.min((third / 2).max(Duration::from_millis(20)));
                     if info.expires_ms.saturating_sub(now) <= (store.ttl - third).as_millis() as u64
                     {
-                        info.expires_ms = now + store.ttl.as_millis() as u64;
-                        let bytes = serde_json::to_vec(&*info).expect("lease serialises");
-                        if let Err(e) = store.writer.write(path, &bytes, Mode::Replace) {
-                            tracing::warn!("lease heartbeat {}: {e}", path.display());
+                        let mut next = info.clone();
+                        next.expires_ms = now + store.ttl.as_millis() as u64;
+                        next.renewals += 1;
+                        let bytes = serde_json::to_vec(&next).expect("lease serialises");
+                        match store
+                            .backend
+                            .put(path, &bytes, Cond::IfMatch(version.clone()))
+                        {
+                            Ok(Put::Written(v)) => {
+                                *info = next;
+                                *version = v;
+                            }
+                            Ok(_) => {
+                                // Removed or rewritten by someone else: no longer ours.
+                                tracing::warn!("lease {path} changed under its holder; given up");
+                                lost.push(path.clone());
+                            }
+                            Err(e) => tracing::warn!("lease heartbeat {path}: {e}"),
                         }
                     }
+                }
+                for p in lost {
+                    held.remove(&p);
                 }
             }
             std::thread::sleep(sleep);

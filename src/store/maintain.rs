@@ -2,15 +2,14 @@
 //! verify only moves what is provably corrupt; gc keeps anything a ref reaches, anything
 //! younger than its grace period and anything under a live lease.
 
-use super::{Store, StoreError};
+use super::backend::Meta;
+use super::{LeaseInfo, Store, StoreError, dirs};
 use crate::key::Hash;
 use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{HashSet, VecDeque};
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// What `verify` found and did.
 #[derive(Debug, Default, Serialize)]
@@ -74,32 +73,22 @@ pub fn obj_refs(v: &Value, out: &mut Vec<Hash>) {
     }
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    walkdir::WalkDir::new(dir)
-        .min_depth(1)
-        .into_iter()
-        .flatten()
-        .filter(|e| e.file_type().is_file())
-        .map(|e| e.into_path())
-        .collect()
+fn under(store: &Store, dir: &str) -> Result<Vec<Meta>, StoreError> {
+    store.backend().list(&format!("{dir}/"))
 }
 
-/// The key a record file is named by (`actions-v1/ab/<key>.json`).
-fn record_key(p: &Path) -> Option<Hash> {
-    p.file_stem()?.to_str()?.parse().ok()
+/// The hash a stored value is named by: `objects-v1/ab/<hash>`, `actions-v1/ab/<key>.json`,
+/// `checkpoints-v1/<key>.json`.
+fn named(key: &str) -> Option<Hash> {
+    let name = key.rsplit('/').next()?;
+    name.strip_suffix(".json").unwrap_or(name).parse().ok()
 }
 
-fn quarantine(store: &Store, path: &Path, kind: &str) -> Result<(), StoreError> {
-    let dir = store.root.join(super::dirs::QUARANTINE).join(kind);
-    fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
-        path: dir.clone(),
-        source,
-    })?;
-    let name = path.file_name().unwrap_or_default();
-    fs::rename(path, dir.join(name)).map_err(|source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+fn quarantine(store: &Store, key: &str, kind: &str) -> Result<(), StoreError> {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    store
+        .backend()
+        .rename(key, &format!("{}/{kind}/{name}", dirs::QUARANTINE))
 }
 
 impl Store {
@@ -108,17 +97,26 @@ impl Store {
     /// next build recomputes exactly what was lost and never uses a corrupt byte.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         let mut rep = VerifyReport::default();
-        let objects = files_under(&self.root.join(super::dirs::OBJECTS));
+        let objects = under(self, dirs::OBJECTS)?;
         rep.objects = objects.len();
-        let corrupt: Vec<(PathBuf, String)> = objects
+        let corrupt: Vec<(String, String)> = objects
             .par_iter()
-            .filter_map(|p| {
-                let name = p.file_name()?.to_string_lossy().to_string();
-                let ok = match (fs::read(p), name.parse::<Hash>()) {
-                    (Ok(b), Ok(h)) => Hash::of(&b) == h,
-                    _ => false,
+            .filter_map(|m| {
+                let name = m.key.rsplit('/').next()?.to_string();
+                let ok = match named(&m.key) {
+                    // Streamed: a multi-GB model is hashed without being held.
+                    Some(h) => match self.backend().open(&m.key) {
+                        Ok(Some(mut f)) => {
+                            let mut hasher = blake3::Hasher::new();
+                            hasher.update_reader(&mut f).is_ok()
+                                && Hash(*hasher.finalize().as_bytes()) == h
+                        }
+                        Ok(None) => true, // removed meanwhile by gc
+                        Err(_) => false,
+                    },
+                    None => false,
                 };
-                (!ok).then(|| (p.clone(), name))
+                (!ok).then(|| (m.key.clone(), name))
             })
             .collect();
         for (p, name) in corrupt {
@@ -126,9 +124,10 @@ impl Store {
             rep.corrupt_objects.push(name);
         }
         let mut good_records = HashSet::new();
-        for p in files_under(&self.root.join(super::dirs::ACTIONS)) {
+        for m in under(self, dirs::ACTIONS)? {
+            let p = m.key;
             rep.records += 1;
-            let key = record_key(&p);
+            let key = named(&p);
             let problem = match key {
                 None => Some("file name is not a key".to_string()),
                 Some(key) => match self.record(&key) {
@@ -148,7 +147,7 @@ impl Store {
             };
             if let Some(why) = problem {
                 quarantine(self, &p, "actions")?;
-                rep.bad_records.push(format!("{}: {why}", p.display()));
+                rep.bad_records.push(format!("{p}: {why}"));
             }
         }
         for r in self.refs()? {
@@ -179,13 +178,15 @@ impl Store {
             removed_tmp: if dry_run { 0 } else { self.reap_tmp() },
             ..Default::default()
         };
-        let now = SystemTime::now();
-        let fresh = |p: &Path| {
-            fs::metadata(p)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| now.duration_since(t).ok())
-                .is_none_or(|age| age < grace)
+        // Fresh: written or refreshed within the grace, by the backend's clock (a bucket's
+        // LastModified), so a worker whose clock is off does not shorten it. A value gone
+        // since the listing counts as fresh: gc never acts on what it cannot see.
+        let now_ms = super::lease::now_ms();
+        let grace_ms = grace.as_millis() as u64;
+        let fresh_at = |m: &Meta| now_ms.saturating_sub(m.modified_ms) < grace_ms;
+        let fresh = |key: &str| match self.backend().head(key) {
+            Ok(Some(m)) => fresh_at(&m),
+            _ => true,
         };
         // Mark. A read error here stops gc: an unreadable manifest or record must not turn
         // into "unreachable", which would delete what it names.
@@ -213,39 +214,35 @@ impl Store {
         }
         // A checkpoint is kept (with its object) while its action may still resume: no record
         // yet, and saved within the grace or under a live lease.
-        for p in files_under(&self.root.join(super::dirs::CHECKPOINTS)) {
-            let Some(key) = p
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse::<Hash>().ok())
-            else {
+        for m in under(self, dirs::CHECKPOINTS)? {
+            let Some(key) = named(&m.key) else {
                 continue;
             };
-            if !self.has_record(&key) && (fresh(&p) || self.live_lease(&key).is_some()) {
+            if !self.has_record(&key) && (fresh_at(&m) || self.live_lease(&key).is_some()) {
                 queue.extend(self.checkpoint_object(&key));
                 continue;
             }
             rep.removed_checkpoints += 1;
             if !dry_run {
-                let _ = fs::remove_file(&p);
+                let _ = self.backend().delete(&m.key);
             }
         }
         // Records not reached but fresh or leased are kept, and so is what they name.
         let mut drop_records = Vec::new();
-        for p in files_under(&self.root.join(super::dirs::ACTIONS)) {
-            let Some(key) = record_key(&p) else {
+        for m in under(self, dirs::ACTIONS)? {
+            let Some(key) = named(&m.key) else {
                 continue;
             };
             if keep_records.contains(&key) {
                 continue;
             }
-            if fresh(&p) || self.live_lease(&key).is_some() {
+            if fresh_at(&m) || self.live_lease(&key).is_some() {
                 if let Some(rec) = self.record(&key)? {
                     names(&rec, &mut queue);
                 }
                 continue;
             }
-            drop_records.push((p, key));
+            drop_records.push((m.key, key));
         }
         // Sweep records first (so no record ever names a removed object). One that a build
         // refreshed since the mark is kept, and so is everything it names.
@@ -258,14 +255,22 @@ impl Store {
             }
             rep.removed_records += 1;
             if !dry_run {
-                let _ = fs::remove_file(&p);
+                let _ = self.backend().delete(&p);
             }
         }
+        // Objects name objects only as JSON (`{"$obj": …}`); a large object is a model or a
+        // transcript page, never JSON that names others, so only small ones are read.
+        let objects = under(self, dirs::OBJECTS)?;
+        let sizes: std::collections::HashMap<Hash, u64> = objects
+            .iter()
+            .filter_map(|m| Some((named(&m.key)?, m.size)))
+            .collect();
         while let Some(id) = queue.pop_front() {
             if !keep_objects.insert(id) {
                 continue;
             }
-            if let Ok(bytes) = fs::read(self.object_path(&id))
+            if sizes.get(&id).is_some_and(|s| *s <= 64 << 20)
+                && let Ok(bytes) = self.get(&id)
                 && let Ok(v) = serde_json::from_slice::<Value>(&bytes)
             {
                 let mut refs = Vec::new();
@@ -273,19 +278,16 @@ impl Store {
                 queue.extend(refs);
             }
         }
-        for p in files_under(&self.root.join(super::dirs::OBJECTS)) {
-            let id = p
-                .file_name()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse::<Hash>().ok());
-            if id.is_some_and(|id| keep_objects.contains(&id)) || fresh(&p) {
+        for m in objects {
+            let id = named(&m.key);
+            if id.is_some_and(|id| keep_objects.contains(&id)) || fresh(&m.key) {
                 rep.kept_objects += 1;
                 continue;
             }
             rep.removed_objects += 1;
-            rep.bytes_freed += fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            rep.bytes_freed += m.size;
             if !dry_run {
-                let _ = fs::remove_file(&p);
+                let _ = self.backend().delete(&m.key);
             }
         }
         // A record committed while the objects were swept may name one just removed (its
@@ -294,8 +296,9 @@ impl Store {
         // build that made it recomputes the item. (The writer re-checks after writing, which
         // covers the removals that come after this pass.)
         if !dry_run && rep.removed_objects > 0 {
-            for p in files_under(&self.root.join(super::dirs::ACTIONS)) {
-                let Some(key) = record_key(&p) else {
+            for m in under(self, dirs::ACTIONS)? {
+                let p = m.key;
+                let Some(key) = named(&p) else {
                     continue;
                 };
                 if keep_records.contains(&key) {
@@ -308,28 +311,32 @@ impl Store {
                     let missing = named.iter().any(|id| !self.has_object(id));
                     if missing {
                         rep.removed_records += 1;
-                        let _ = fs::remove_file(&p);
+                        let _ = self.backend().delete(&p);
                     }
                 }
             }
         }
         // Leases: a key's whole chain goes once every generation in it is dead; removing part
         // of a chain would open a gap where a second holder could start over at generation 0.
-        let mut chains: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
-        for p in files_under(&self.root.join(super::dirs::LEASES)) {
-            let name = p
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .to_string();
+        let mut chains: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for m in under(self, dirs::LEASES)? {
+            let name = m.key.rsplit('/').next().unwrap_or_default();
             let key = name.split('.').next().unwrap_or_default().to_string();
-            chains.entry(key).or_default().push(p);
+            chains.entry(key).or_default().push(m.key);
         }
+        let generation = |p: &String| -> u32 {
+            p.rsplit('.')
+                .next()
+                .and_then(|e| e.parse().ok())
+                .unwrap_or(0)
+        };
         for (_, files) in chains {
-            let all_dead = files.iter().all(|p| match super::LeaseInfo::read(p) {
-                Some(i) => !i.is_live(&self.me),
-                None => !fresh(p),
-            });
+            let all_dead = files
+                .iter()
+                .all(|p| match LeaseInfo::read(self.backend(), p) {
+                    Some((i, _)) => !i.is_live(&self.me),
+                    None => !fresh(p),
+                });
             if all_dead {
                 rep.removed_leases += files.len();
                 if !dry_run {
@@ -337,17 +344,12 @@ impl Store {
                     // Lowest generation first, each re-read just before removal: a taker that
                     // finds generation 0 gone starts a fresh chain there, and a generation
                     // re-created meanwhile is live and stays.
-                    files.sort_by_key(|p| {
-                        p.extension()
-                            .and_then(|e| e.to_str())
-                            .and_then(|e| e.parse::<u32>().ok())
-                            .unwrap_or(0)
-                    });
+                    files.sort_by_key(generation);
                     for p in &files {
-                        let still_dead =
-                            super::LeaseInfo::read(p).is_none_or(|i| !i.is_live(&self.me));
+                        let still_dead = LeaseInfo::read(self.backend(), p)
+                            .is_none_or(|(i, _)| !i.is_live(&self.me));
                         if still_dead {
-                            let _ = fs::remove_file(p);
+                            let _ = self.backend().delete(p);
                         }
                     }
                 }
@@ -363,13 +365,12 @@ impl Store {
     /// Returns what was dropped.
     pub fn heal(&self, id: &Hash) -> Result<Vec<String>, StoreError> {
         let mut dropped = Vec::new();
-        let p = self.object_path(id);
-        if p.exists() {
-            let actual = fs::read(&p).map(|b| Hash::of(&b)).ok();
-            if actual != Some(*id) {
-                quarantine(self, &p, "objects")?;
-                dropped.push(format!("object {id}"));
-            }
+        let p = Store::object_key(id);
+        if let Some(b) = self.backend().get(&p)?
+            && Hash::of(&b.bytes) != *id
+        {
+            quarantine(self, &p, "objects")?;
+            dropped.push(format!("object {id}"));
         }
         for r in self.refs()? {
             let Ok(m) = self.manifest(&r.manifest) else {
@@ -386,8 +387,8 @@ impl Store {
                 continue;
             }
             for e in hit {
-                let rp = self.record_path(&e.key);
-                if rp.exists() {
+                let rp = Store::record_key(&e.key);
+                if self.backend().head(&rp)?.is_some() {
                     quarantine(self, &rp, "actions")?;
                     dropped.push(format!("record {} ({})", e.key, e.id));
                 }

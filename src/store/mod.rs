@@ -22,11 +22,13 @@
 //! Depends on [`crate::key`] only.
 
 pub mod atomic;
+pub mod backend;
 pub mod lease;
 pub mod maintain;
 
 use crate::key::Hash;
 use atomic::{Mode, Writer};
+use backend::{Backend, Cond, Location, Put, Version};
 pub use lease::{Acquire, Committed, Identity, Lease, LeaseInfo};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -34,6 +36,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The store's layout version, written to `LAYOUT`.
@@ -81,13 +84,23 @@ pub enum StoreError {
         /// Missing object.
         object: Hash,
     },
-    /// The directory holds another layout version.
-    #[error("{} holds store layout {found:?}, this pipe reads {LAYOUT:?}", path.display())]
+    /// The store holds another layout version.
+    #[error("{location} holds store layout {found:?}, this pipe reads {LAYOUT:?}")]
     Layout {
-        /// The store root.
-        path: PathBuf,
+        /// The store's location.
+        location: String,
         /// What LAYOUT says.
         found: String,
+    },
+    /// A request to a bucket failed (after the object store's own retries).
+    #[error("{location}: {op} failed: {message}")]
+    Remote {
+        /// Bucket URL and key.
+        location: String,
+        /// What was being done.
+        op: &'static str,
+        /// The error, with any credential blanked out.
+        message: String,
     },
 }
 
@@ -248,6 +261,9 @@ pub struct StoreOptions {
     pub lease_ttl: Duration,
     /// fsync files and directories (turn off only for throwaway benchmark stores).
     pub fsync: bool,
+    /// Bucket settings by their `AWS_*` variable name, used over the process environment's
+    /// (a program embedding pipe, tests running several stores in one process).
+    pub aws: Vec<(String, String)>,
 }
 
 impl Default for StoreOptions {
@@ -255,19 +271,22 @@ impl Default for StoreOptions {
         StoreOptions {
             lease_ttl: Duration::from_secs(30),
             fsync: true,
+            aws: Vec::new(),
         }
     }
 }
 
-/// A handle on a store directory.
+/// A handle on a store: the same code over a directory or a bucket (see [`backend`]).
 pub struct Store {
-    root: PathBuf,
-    writer: Writer,
+    backend: Arc<dyn Backend>,
+    /// The directory, when the store is one.
+    root: Option<PathBuf>,
+    fsync: bool,
     lease_ttl: Duration,
     me: Identity,
 }
 
-/// The store's directories. A format change bumps one's suffix.
+/// The store's directories (key prefixes on a bucket). A format change bumps one's suffix.
 pub mod dirs {
     /// Immutable blobs named by their blake3.
     pub const OBJECTS: &str = "objects-v1";
@@ -281,7 +300,7 @@ pub mod dirs {
     pub const PROBES: &str = "probes-v1";
     /// Progress of long actions not yet committed.
     pub const CHECKPOINTS: &str = "checkpoints-v1";
-    /// Staging for atomic writes.
+    /// Staging for atomic writes (a directory store's only).
     pub const TMP: &str = "tmp-v1";
     /// What `pipe verify` found corrupt.
     pub const QUARANTINE: &str = "quarantine-v1";
@@ -298,43 +317,119 @@ pub mod dirs {
     ];
 }
 
+/// An object handed out as a file: the stored file itself in a directory store, a verified
+/// download (removed when this is dropped) from a bucket.
+pub struct ObjectFile {
+    path: PathBuf,
+    _download: Option<tempfile::TempPath>,
+}
+
+impl ObjectFile {
+    /// Where to read it.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn object_key(id: &Hash) -> String {
+    let hex = id.to_hex();
+    format!("{}/{}/{hex}", dirs::OBJECTS, &hex[..2])
+}
+
+fn record_key(key: &Hash) -> String {
+    let hex = key.to_hex();
+    format!("{}/{}/{hex}.json", dirs::ACTIONS, &hex[..2])
+}
+
+fn ref_key(stage: &str) -> String {
+    format!("{}/{stage}.json", dirs::REFS)
+}
+
+fn checkpoint_key(key: &Hash) -> String {
+    format!("{}/{}.json", dirs::CHECKPOINTS, key.to_hex())
+}
+
+fn probe_key(name: &str) -> String {
+    format!(
+        "{}/{}.json",
+        dirs::PROBES,
+        Hash::of(name.as_bytes()).to_hex()
+    )
+}
+
+/// The hash a key under `objects-v1/` or `actions-v1/` names (`…/ab/<hex>[.json]`).
+fn hash_in_key(key: &str) -> Option<Hash> {
+    let name = key.rsplit('/').next()?;
+    name.strip_suffix(".json").unwrap_or(name).parse().ok()
+}
+
 impl Store {
-    /// Open the store at `root`, creating its layout if the directory is new or empty.
-    pub fn open(root: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::Io { path, source }
-        };
+    /// Open the store at `location` (a directory, created with its layout if new or empty;
+    /// or a bucket URL, initialised on first use the same way).
+    pub fn open_at(location: &Location, opts: StoreOptions) -> Result<Store, StoreError> {
         let me = Identity::current();
-        let layout = root.join("LAYOUT");
-        match fs::read_to_string(&layout) {
-            Ok(s) if s.trim() == LAYOUT => {}
-            Ok(s) => {
-                return Err(StoreError::Layout {
-                    path: root.to_path_buf(),
-                    found: s.trim().to_string(),
-                });
+        let (backend, root): (Arc<dyn Backend>, Option<PathBuf>) = match location {
+            Location::Dir(root) => {
+                Self::init_dir(root)?;
+                let dir = backend::dir::Dir::new(
+                    root,
+                    dirs::TMP,
+                    opts.fsync,
+                    me.tag(),
+                    me.host.clone(),
+                );
+                (Arc::new(dir), Some(root.clone()))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Self::init(root, &me, opts.fsync)?;
-            }
-            Err(e) => return Err(io(&layout)(e)),
-        }
-        Ok(Store {
-            root: root.to_path_buf(),
-            writer: Writer {
-                tmp_dir: root.join(dirs::TMP),
-                fsync: opts.fsync,
-                tag: me.tag(),
-            },
+            Location::Bucket(url) => (
+                Arc::new(backend::bucket::Bucket::open(url, me.host.clone(), &opts.aws)?),
+                None,
+            ),
+        };
+        let store = Store {
+            backend,
+            root,
+            fsync: opts.fsync,
             lease_ttl: opts.lease_ttl,
             me,
-        })
+        };
+        store.check_layout()?;
+        Ok(store)
     }
 
-    /// Create the directories (all 256 shards up front, so no write ever needs a mkdir), then
-    /// LAYOUT last: a store without LAYOUT is simply initialised again.
-    fn init(root: &Path, me: &Identity, fsync: bool) -> Result<(), StoreError> {
+    /// Open the directory store at `root`.
+    pub fn open(root: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+        Self::open_at(&Location::Dir(root.to_path_buf()), opts)
+    }
+
+    /// LAYOUT is written last: a store without it is simply initialised (again).
+    fn check_layout(&self) -> Result<(), StoreError> {
+        match self.backend.get("LAYOUT")? {
+            Some(b) if String::from_utf8_lossy(&b.bytes).trim() == LAYOUT => Ok(()),
+            Some(b) => Err(StoreError::Layout {
+                location: self.backend.location(),
+                found: String::from_utf8_lossy(&b.bytes).trim().to_string(),
+            }),
+            None => {
+                if let Some(root) = &self.root
+                    && self.fsync
+                {
+                    for d in [dirs::OBJECTS, dirs::ACTIONS] {
+                        let _ = atomic::sync_dir(&root.join(d));
+                    }
+                    let _ = atomic::sync_dir(root);
+                }
+                self.backend
+                    .put("LAYOUT", format!("{LAYOUT}\n").as_bytes(), Cond::Overwrite)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// A directory store's directories: all 256 shards up front, so no write needs a mkdir.
+    fn init_dir(root: &Path) -> Result<(), StoreError> {
+        if root.join("LAYOUT").exists() {
+            return Ok(());
+        }
         let mk = |p: &Path| {
             fs::create_dir_all(p).map_err(|source| StoreError::Io {
                 path: p.to_path_buf(),
@@ -348,29 +443,14 @@ impl Store {
             mk(&root.join(dirs::OBJECTS).join(format!("{shard:02x}")))?;
             mk(&root.join(dirs::ACTIONS).join(format!("{shard:02x}")))?;
         }
-        let w = Writer {
-            tmp_dir: root.join(dirs::TMP),
-            fsync,
-            tag: me.tag(),
-        };
-        if fsync {
-            for d in [dirs::OBJECTS, dirs::ACTIONS] {
-                let _ = atomic::sync_dir(&root.join(d));
-            }
-            let _ = atomic::sync_dir(root);
-        }
-        w.write(
-            &root.join("LAYOUT"),
-            format!("{LAYOUT}\n").as_bytes(),
-            Mode::Replace,
-        )?;
         Ok(())
     }
 
     /// Write `bytes` to `dest` outside the store (the reports directory) through the same
-    /// atomic path as the store's own files: a hidden temp file beside `dest` (so the rename
-    /// never crosses filesystems), synced when the store syncs, renamed over it. (A crash can
-    /// leave that temp file; nothing reaps the reports directory, which is the user's.)
+    /// atomic path as a directory store's own files: a hidden temp file beside `dest` (so the
+    /// rename never crosses filesystems), synced when the store syncs, renamed over it. (A
+    /// crash can leave that temp file; nothing reaps the reports directory, which is the
+    /// user's.)
     pub fn export(&self, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         self.export_with(dest, |f| f.write_all(bytes))
     }
@@ -378,7 +458,7 @@ impl Store {
     /// Copy object `id` to `dest` the same way, streamed and checked against its hash as it
     /// goes (a multi-GB model is never held in memory, and a corrupt object is never exported).
     pub fn export_object(&self, dest: &Path, id: &Hash) -> Result<u64, StoreError> {
-        let (_, mut src) = self.open_object(id)?;
+        let mut src = self.open_object(id)?;
         let mut copied = 0;
         let mut actual = None;
         self.export_with(dest, |f| {
@@ -413,16 +493,31 @@ impl Store {
         })?;
         let w = Writer {
             tmp_dir: dir.to_path_buf(),
-            fsync: self.writer.fsync,
-            tag: format!(".{}", self.writer.tag),
+            fsync: self.fsync,
+            tag: format!(".{}", self.me.tag()),
         };
         w.write_with(dest, Mode::Replace, fill)?;
         Ok(())
     }
 
-    /// The root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Where the store is, for messages: a directory or a bucket URL (never credentials).
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    /// The directory, when the store is one (`None` on a bucket).
+    pub fn root(&self) -> Option<&Path> {
+        self.root.as_deref()
+    }
+
+    /// The backend (for housekeeping and for tests that damage a store on purpose).
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// The requests this handle has made of its backend (none for a directory).
+    pub fn requests(&self) -> backend::Requests {
+        self.backend.requests()
     }
 
     /// This process's identity.
@@ -441,64 +536,71 @@ impl Store {
 
     /// Remove orphaned temp files of dead writers.
     pub fn reap_tmp(&self) -> usize {
-        atomic::reap_tmp(&self.root.join(dirs::TMP), &self.me.host)
+        self.backend.reap()
     }
 
     // ---- objects ----
 
-    /// Where an object lives.
-    pub fn object_path(&self, id: &Hash) -> PathBuf {
-        let hex = id.to_hex();
-        self.root.join(dirs::OBJECTS).join(&hex[..2]).join(hex)
+    /// The key an object is stored under (`objects-v1/ab/<hash>`).
+    pub fn object_key(id: &Hash) -> String {
+        object_key(id)
     }
 
     /// Whether an object is present (not verified).
     pub fn has_object(&self, id: &Hash) -> bool {
-        self.object_path(id).exists()
+        matches!(self.backend.head(&object_key(id)), Ok(Some(_)))
     }
 
-    /// Put bytes; returns their hash. Present objects are not rewritten.
+    /// Put bytes; returns their hash. A present object is not rewritten in a directory (only
+    /// refreshed); on a bucket the one PUT both writes and refreshes, and costs no more than
+    /// asking first.
     pub fn put(&self, bytes: &[u8]) -> Result<Hash, StoreError> {
         let id = Hash::of(bytes);
-        let path = self.object_path(&id);
-        if path.exists() {
-            self.reuse(&path);
+        let key = object_key(&id);
+        if self.root.is_some() && self.backend.head(&key)?.is_some() {
+            self.reuse(&key);
         } else {
-            self.writer.write(&path, bytes, Mode::Replace)?;
+            self.backend.put(&key, bytes, Cond::Overwrite)?;
         }
         Ok(id)
     }
 
     /// An object that is already present is reused: refresh it so a concurrent gc (which keeps
-    /// fresh files) keeps it, and make sure its directory entry is durable before any record
+    /// fresh values) keeps it, and make sure its directory entry is durable before any record
     /// names it.
-    fn reuse(&self, path: &Path) {
-        self.touch(path);
-        if self.writer.fsync {
-            let _ = atomic::sync_dir(path.parent().unwrap_or(&self.root));
+    fn reuse(&self, key: &str) {
+        self.backend.touch(key);
+        if self.fsync
+            && let Some(p) = self.backend.local_path(key)
+        {
+            let _ = atomic::sync_dir(p.parent().unwrap_or(Path::new(".")));
         }
     }
 
     /// Open object `id` for reading (a missing one is [`StoreError::MissingObject`]).
-    fn open_object(&self, id: &Hash) -> Result<(PathBuf, fs::File), StoreError> {
-        let path = self.object_path(id);
-        match fs::File::open(&path) {
-            Ok(f) => Ok((path, f)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(StoreError::MissingObject(*id))
-            }
-            Err(source) => Err(StoreError::Io { path, source }),
-        }
+    fn open_object(&self, id: &Hash) -> Result<fs::File, StoreError> {
+        self.backend
+            .open(&object_key(id))?
+            .ok_or(StoreError::MissingObject(*id))
+    }
+
+    /// A unique staging file name of this process (reaped if the process dies).
+    fn staging_file(&self) -> PathBuf {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.backend
+            .staging()
+            .join(format!("{}-s{n}.tmp", self.me.tag()))
     }
 
     /// Put an object written by `fill` as a stream: hashed while it is written to a temp file,
-    /// never held in memory, then moved into place under its hash (a multi-GB model goes
-    /// through here). An error from `fill` leaves nothing behind.
+    /// never held in memory, then moved (or uploaded) into place under its hash (a multi-GB
+    /// model goes through here). An error from `fill` leaves nothing behind.
     pub fn put_stream<T, E: From<StoreError>>(
         &self,
         fill: impl FnOnce(&mut dyn Write) -> Result<T, E>,
     ) -> Result<(Hash, T), E> {
-        let tmp = self.writer.tmp_path();
+        let tmp = self.staging_file();
         let result = self.put_stream_inner(&tmp, fill);
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -526,35 +628,67 @@ impl Store {
         };
         let value = fill(&mut w)?;
         let file = w.inner.into_inner().map_err(|e| io(e.into_error()))?;
-        if self.writer.fsync {
+        if self.fsync && self.root.is_some() {
             file.sync_all().map_err(io)?;
         }
         drop(file);
         let id = Hash(*w.hasher.finalize().as_bytes());
-        let path = self.object_path(&id);
-        if path.exists() {
+        let key = object_key(&id);
+        if self.backend.head(&key)?.is_some() {
             let _ = fs::remove_file(tmp);
-            self.reuse(&path);
+            self.reuse(&key);
         } else {
-            self.writer.place(tmp, &path, Mode::Replace)?;
+            self.backend.put_file(&key, tmp)?;
         }
         Ok((id, value))
     }
 
-    /// The path of an object after checking, as a stream, that its bytes hash to its name: a
+    /// Object `id` as a file, after checking as a stream that its bytes hash to its name: a
     /// large artifact is handed out as a file, never read into memory.
-    pub fn object_file(&self, id: &Hash) -> Result<PathBuf, StoreError> {
-        let (path, mut f) = self.open_object(id)?;
-        let mut h = blake3::Hasher::new();
-        h.update_reader(&mut f).map_err(|source| StoreError::Io {
-            path: path.clone(),
+    pub fn object_file(&self, id: &Hash) -> Result<ObjectFile, StoreError> {
+        let key = object_key(id);
+        let check = |path: &Path| -> Result<(), StoreError> {
+            let io = |source| StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            };
+            let mut h = blake3::Hasher::new();
+            h.update_reader(fs::File::open(path).map_err(io)?)
+                .map_err(io)?;
+            let actual = Hash(*h.finalize().as_bytes());
+            if actual != *id {
+                return Err(StoreError::CorruptObject { id: *id, actual });
+            }
+            Ok(())
+        };
+        if let Some(path) = self.backend.local_path(&key) {
+            if !path.exists() {
+                return Err(StoreError::MissingObject(*id));
+            }
+            check(&path)?;
+            return Ok(ObjectFile {
+                path,
+                _download: None,
+            });
+        }
+        let mut src = self.open_object(id)?;
+        let tmp = tempfile::NamedTempFile::new_in(self.backend.staging()).map_err(|source| {
+            StoreError::Io {
+                path: self.backend.staging().to_path_buf(),
+                source,
+            }
+        })?;
+        let (mut f, path) = tmp.into_parts();
+        std::io::copy(&mut src, &mut f).map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
             source,
         })?;
-        let actual = Hash(*h.finalize().as_bytes());
-        if actual != *id {
-            return Err(StoreError::CorruptObject { id: *id, actual });
-        }
-        Ok(path)
+        drop(f);
+        check(&path)?;
+        Ok(ObjectFile {
+            path: path.to_path_buf(),
+            _download: Some(path),
+        })
     }
 
     /// Put a JSON value in its canonical form.
@@ -564,19 +698,14 @@ impl Store {
 
     /// Read an object and check that its bytes hash to its name.
     pub fn get(&self, id: &Hash) -> Result<Vec<u8>, StoreError> {
-        let path = self.object_path(id);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::MissingObject(*id));
-            }
-            Err(source) => return Err(StoreError::Io { path, source }),
+        let Some(b) = self.backend.get(&object_key(id))? else {
+            return Err(StoreError::MissingObject(*id));
         };
-        let actual = Hash::of(&bytes);
+        let actual = Hash::of(&b.bytes);
         if actual != *id {
             return Err(StoreError::CorruptObject { id: *id, actual });
         }
-        Ok(bytes)
+        Ok(b.bytes)
     }
 
     /// Read a JSON object.
@@ -587,44 +716,52 @@ impl Store {
         })
     }
 
-    /// Refresh an entry's mtime so that a concurrent `gc` (which keeps fresh files) keeps it.
-    pub fn touch(&self, path: &Path) {
-        if let Ok(f) = fs::File::options().append(true).open(path) {
-            let _ = f.set_modified(std::time::SystemTime::now());
-        }
-    }
-
     // ---- records ----
 
-    /// Where a record lives.
-    pub fn record_path(&self, key: &Hash) -> PathBuf {
-        let hex = key.to_hex();
-        self.root
-            .join(dirs::ACTIONS)
-            .join(&hex[..2])
-            .join(format!("{hex}.json"))
+    /// The key a record is stored under (`actions-v1/ab/<key>.json`).
+    pub fn record_key(key: &Hash) -> String {
+        record_key(key)
     }
 
     /// Whether a record exists (not read).
     pub fn has_record(&self, key: &Hash) -> bool {
-        self.record_path(key).exists()
+        matches!(self.backend.head(&record_key(key)), Ok(Some(_)))
+    }
+
+    /// Which of `keys` have a record. In a directory one `stat` each (in parallel); on a
+    /// bucket one listing of the records (a page per 1,000), not a request per key.
+    pub fn records_present(&self, keys: &[Hash]) -> Result<Vec<bool>, StoreError> {
+        use rayon::prelude::*;
+        if self.root.is_some() || keys.len() <= 8 {
+            return Ok(keys.par_iter().map(|k| self.has_record(k)).collect());
+        }
+        let listed: std::collections::HashSet<Hash> = self
+            .backend
+            .list(&format!("{}/", dirs::ACTIONS))?
+            .iter()
+            .filter_map(|m| hash_in_key(&m.key))
+            .collect();
+        Ok(keys.iter().map(|k| listed.contains(k)).collect())
+    }
+
+    /// Refresh a record so that a concurrent gc keeps it (a build found it and will name it).
+    pub fn touch_record(&self, key: &Hash) {
+        self.backend.touch(&record_key(key));
     }
 
     /// Read a record; `None` when absent.
     pub fn record(&self, key: &Hash) -> Result<Option<ActionRecord>, StoreError> {
-        let path = self.record_path(key);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StoreError::Io { path, source }),
+        let k = record_key(key);
+        let Some(b) = self.backend.get(&k)? else {
+            return Ok(None);
         };
         let rec: ActionRecord =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                what: format!("record {}: {e}", path.display()),
+            serde_json::from_slice(&b.bytes).map_err(|e| StoreError::Corrupt {
+                what: format!("record {k}: {e}"),
             })?;
         if rec.key != *key {
             return Err(StoreError::Corrupt {
-                what: format!("record {} names key {}", path.display(), rec.key),
+                what: format!("record {k} names key {}", rec.key),
             });
         }
         Ok(Some(rec))
@@ -633,95 +770,96 @@ impl Store {
     /// Only [`Lease::commit`] calls this.
     fn write_record(&self, rec: &ActionRecord) -> Result<Committed, StoreError> {
         let bytes = serde_json::to_vec_pretty(rec).expect("record serialises");
-        if self
-            .writer
-            .write(&self.record_path(&rec.key), &bytes, Mode::CreateNew)?
+        match self
+            .backend
+            .put(&record_key(&rec.key), &bytes, Cond::IfAbsent)?
         {
-            Ok(Committed::Written)
-        } else {
-            Ok(Committed::AlreadyPresent)
+            Put::Written(_) => Ok(Committed::Written),
+            _ => Ok(Committed::AlreadyPresent),
         }
+    }
+
+    /// Remove a record (a commit that found an output gone after writing it).
+    fn remove_record(&self, key: &Hash) {
+        let _ = self.backend.delete(&record_key(key));
     }
 
     // ---- refs ----
 
-    fn ref_path(&self, stage: &str) -> PathBuf {
-        self.root.join(dirs::REFS).join(format!("{stage}.json"))
-    }
-
     /// A stage's ref, if it was ever completely built.
     pub fn get_ref(&self, stage: &str) -> Result<Option<Ref>, StoreError> {
-        let path = self.ref_path(stage);
-        match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
+        Ok(self.get_ref_versioned(stage)?.map(|(r, _)| r))
+    }
+
+    fn get_ref_versioned(&self, stage: &str) -> Result<Option<(Ref, Version)>, StoreError> {
+        let key = ref_key(stage);
+        match self.backend.get(&key)? {
+            Some(b) => serde_json::from_slice(&b.bytes)
+                .map(|r| Some((r, b.version)))
                 .map_err(|e| StoreError::Corrupt {
-                    what: format!("ref {}: {e}", path.display()),
+                    what: format!("ref {key}: {e}"),
                 }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StoreError::Io { path, source }),
+            None => Ok(None),
         }
     }
 
     /// Point a stage's ref at a complete build; its manifest and common objects must exist.
-    pub fn set_ref(&self, r: &Ref) -> Result<(), StoreError> {
+    /// Compare and swap: when several workers finish the same build, the first one writes
+    /// the ref and the others find it already there; a ref moved meanwhile to another build
+    /// is replaced only over the version read (the last writer of a *different* build wins,
+    /// as with any build: it is the newer one).
+    pub fn set_ref(&self, r: &Ref) -> Result<SetRef, StoreError> {
         for id in [r.manifest, r.common] {
             if !self.has_object(&id) {
                 return Err(StoreError::MissingObject(id));
             }
         }
         let bytes = serde_json::to_vec_pretty(r).expect("ref serialises");
-        self.writer
-            .write(&self.ref_path(&r.stage), &bytes, Mode::Replace)?;
-        Ok(())
+        let key = ref_key(&r.stage);
+        for _ in 0..100 {
+            let cond = match self.get_ref_versioned(&r.stage) {
+                Ok(Some((old, _))) if old.stage_key == r.stage_key && old.manifest == r.manifest => {
+                    return Ok(SetRef::AlreadySet);
+                }
+                Ok(Some((_, v))) => Cond::IfMatch(v),
+                Ok(None) => Cond::IfAbsent,
+                // An unreadable ref is replaced (verify would drop it anyway).
+                Err(_) => Cond::Overwrite,
+            };
+            if let Put::Written(_) = self.backend.put(&key, &bytes, cond)? {
+                return Ok(SetRef::Written);
+            }
+        }
+        Err(StoreError::Corrupt {
+            what: format!("ref {key} kept changing under 100 attempts to set it"),
+        })
     }
 
     /// What a build last learned about something outside the store that keys depend on (a
     /// model server's digest), so that `status` can compute the same keys without asking the
     /// server. A cache: losing it costs one probe; `name` is any stable string.
     pub fn put_probe(&self, name: &str, v: &Value) -> Result<(), StoreError> {
-        let dir = self.root.join(dirs::PROBES);
-        fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        let path = dir.join(format!("{}.json", Hash::of(name.as_bytes()).to_hex()));
         let bytes = serde_json::to_vec(v).expect("JSON serialises");
-        self.writer.write(&path, &bytes, Mode::Replace)?;
+        self.backend
+            .put(&probe_key(name), &bytes, Cond::Overwrite)?;
         Ok(())
     }
 
     /// The last value [`Store::put_probe`] wrote under `name`, if any (a damaged one is none).
     pub fn get_probe(&self, name: &str) -> Option<Value> {
-        let path = self
-            .root
-            .join(dirs::PROBES)
-            .join(format!("{}.json", Hash::of(name.as_bytes()).to_hex()));
-        serde_json::from_slice(&fs::read(path).ok()?).ok()
-    }
-
-    fn checkpoint_path(&self, key: &Hash) -> PathBuf {
-        self.root
-            .join(dirs::CHECKPOINTS)
-            .join(format!("{}.json", key.to_hex()))
+        let b = self.backend.get(&probe_key(name)).ok()??;
+        serde_json::from_slice(&b.bytes).ok()
     }
 
     /// Save the progress of the action `key` (its lease held): the bytes become an object and
     /// the key's checkpoint names it, replacing the last. Crash-safe like every write here.
     pub fn put_checkpoint(&self, key: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
         let id = self.put(bytes)?;
-        let path = self.checkpoint_path(key);
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
         let pointer = serde_json::json!({ "object": id.to_hex() });
-        self.writer.write(
-            &path,
+        self.backend.put(
+            &checkpoint_key(key),
             &serde_json::to_vec(&pointer).expect("JSON"),
-            Mode::Replace,
+            Cond::Overwrite,
         )?;
         Ok(())
     }
@@ -741,34 +879,26 @@ impl Store {
 
     /// The object a key's checkpoint names.
     pub fn checkpoint_object(&self, key: &Hash) -> Option<Hash> {
-        let v: Value = serde_json::from_slice(&fs::read(self.checkpoint_path(key)).ok()?).ok()?;
+        let b = self.backend.get(&checkpoint_key(key)).ok()??;
+        let v: Value = serde_json::from_slice(&b.bytes).ok()?;
         v["object"].as_str()?.parse().ok()
     }
 
     /// Forget `key`'s checkpoint (once its record is committed).
     pub fn drop_checkpoint(&self, key: &Hash) {
-        let _ = fs::remove_file(self.checkpoint_path(key));
+        let _ = self.backend.delete(&checkpoint_key(key));
     }
 
     /// Drop a stage's ref (verify does this when the build it names lost a record).
     pub fn drop_ref(&self, stage: &str) -> Result<bool, StoreError> {
-        match fs::remove_file(self.ref_path(stage)) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(StoreError::Io {
-                path: self.ref_path(stage),
-                source,
-            }),
-        }
+        self.backend.delete(&ref_key(stage))
     }
 
     /// All refs present.
     pub fn refs(&self) -> Result<Vec<Ref>, StoreError> {
-        let dir = self.root.join(dirs::REFS);
         let mut out = Vec::new();
-        let rd = fs::read_dir(&dir).map_err(|source| StoreError::Io { path: dir, source })?;
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
+        for m in self.backend.list(&format!("{}/", dirs::REFS))? {
+            let name = m.key.rsplit('/').next().unwrap_or_default();
             if let Some(stage) = name.strip_suffix(".json")
                 && let Some(r) = self.get_ref(stage)?
             {
@@ -783,6 +913,15 @@ impl Store {
     pub fn manifest(&self, id: &Hash) -> Result<Manifest, StoreError> {
         Manifest::decode(&self.get(id)?)
     }
+}
+
+/// What [`Store::set_ref`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SetRef {
+    /// The ref now names our build.
+    Written,
+    /// It already named this very build (another worker finished it first).
+    AlreadySet,
 }
 
 /// A writer that hashes what it writes.
@@ -806,131 +945,6 @@ impl<W: Write> Write for Hashing<W> {
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, Store) {
-        let d = tempfile::tempdir().unwrap();
-        let s = Store::open(&d.path().join("s"), StoreOptions::default()).unwrap();
-        (d, s)
-    }
-
-    #[test]
-    fn objects_roundtrip_and_detect_corruption() {
-        let (_d, s) = store();
-        let id = s.put(b"hello").unwrap();
-        assert_eq!(s.get(&id).unwrap(), b"hello");
-        let p = s.object_path(&id);
-        let mut bytes = fs::read(&p).unwrap();
-        bytes[0] ^= 1;
-        fs::write(&p, bytes).unwrap();
-        assert!(matches!(s.get(&id), Err(StoreError::CorruptObject { .. })));
-    }
-
-    #[test]
-    fn first_record_writer_wins_and_lease_is_exclusive() {
-        let (_d, s) = store();
-        let key = Hash::of(b"k");
-        let Acquire::Held(lease) = s.try_lease(&key).unwrap() else {
-            panic!("fresh key must be free")
-        };
-        let Acquire::Busy(info) = s.try_lease(&key).unwrap() else {
-            panic!("held key must be busy")
-        };
-        assert_eq!(info.pid, std::process::id());
-        let out = s.put(b"out").unwrap();
-        let rec = ActionRecord {
-            key,
-            stage: "t".into(),
-            item: "i".into(),
-            common: out,
-            ingredients: Value::Null,
-            outputs: [("o".to_string(), out)].into(),
-            summary: Value::Null,
-            producer: s.producer(),
-            started_ms: 1,
-            finished_ms: 2,
-        };
-        assert_eq!(lease.commit(&rec).unwrap(), Committed::Written);
-        // The lease is released by the commit.
-        let Acquire::Held(again) = s.try_lease(&key).unwrap() else {
-            panic!("released key must be free")
-        };
-        let mut other = rec.clone();
-        other.finished_ms = 99;
-        assert_eq!(again.commit(&other).unwrap(), Committed::AlreadyPresent);
-        assert_eq!(s.record(&key).unwrap().unwrap().finished_ms, 2);
-    }
-
-    #[test]
-    fn commit_refuses_missing_outputs() {
-        let (_d, s) = store();
-        let key = Hash::of(b"k2");
-        let Acquire::Held(lease) = s.try_lease(&key).unwrap() else {
-            panic!()
-        };
-        let rec = ActionRecord {
-            key,
-            stage: "t".into(),
-            item: "i".into(),
-            common: Hash::of(b"x"),
-            ingredients: Value::Null,
-            outputs: [("o".to_string(), Hash::of(b"never written"))].into(),
-            summary: Value::Null,
-            producer: s.producer(),
-            started_ms: 1,
-            finished_ms: 2,
-        };
-        assert!(matches!(
-            lease.commit(&rec),
-            Err(StoreError::MissingOutput { .. })
-        ));
-        assert!(!s.has_record(&key));
-    }
-
-    #[test]
-    fn dead_holder_on_this_host_is_taken_over() {
-        let (_d, s) = store();
-        let key = Hash::of(b"k3");
-        // A lease of a process that does not exist (pid 1 with a different start time).
-        let info = LeaseInfo {
-            key,
-            generation: 0,
-            host: s.identity().host.clone(),
-            pid: 1,
-            boot_id: s.identity().boot_id.clone(),
-            start_time: u64::MAX,
-            acquired_ms: lease::now_ms(),
-            expires_ms: lease::now_ms() + 3_600_000,
-        };
-        fs::write(s.lease_path(&key, 0), serde_json::to_vec(&info).unwrap()).unwrap();
-        assert!(s.live_lease(&key).is_none());
-        let Acquire::Held(l) = s.try_lease(&key).unwrap() else {
-            panic!("dead lease must be taken over")
-        };
-        assert!(s.lease_path(&key, 1).exists());
-        drop(l);
-        assert!(!s.lease_path(&key, 1).exists());
-    }
-
-    #[test]
-    fn foreign_live_lease_blocks_until_expiry() {
-        let (_d, s) = store();
-        let key = Hash::of(b"k4");
-        let mut info = LeaseInfo {
-            key,
-            generation: 0,
-            host: "another-machine".into(),
-            pid: 1234,
-            boot_id: "x".into(),
-            start_time: 1,
-            acquired_ms: lease::now_ms(),
-            expires_ms: lease::now_ms() + 3_600_000,
-        };
-        fs::write(s.lease_path(&key, 0), serde_json::to_vec(&info).unwrap()).unwrap();
-        assert!(matches!(s.try_lease(&key).unwrap(), Acquire::Busy(_)));
-        info.expires_ms = lease::now_ms() - 1;
-        fs::write(s.lease_path(&key, 0), serde_json::to_vec(&info).unwrap()).unwrap();
-        assert!(matches!(s.try_lease(&key).unwrap(), Acquire::Held(_)));
-    }
-
     #[test]
     fn manifest_roundtrip() {
         let m = Manifest {
@@ -942,5 +956,18 @@ mod tests {
             }],
         };
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn a_url_is_a_bucket_and_anything_else_a_path() {
+        let base = Path::new("/p");
+        assert_eq!(
+            Location::parse("s3://b/team/", base),
+            Location::Bucket("s3://b/team".into())
+        );
+        assert_eq!(
+            Location::parse("store", base),
+            Location::Dir(PathBuf::from("/p/store"))
+        );
     }
 }

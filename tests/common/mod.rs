@@ -1,6 +1,7 @@
 //! A throwaway project (pipeline.toml + tasks + store) and a way to run `pipe` on it.
 #![allow(dead_code)]
 
+pub mod s3;
 pub mod scripted;
 
 use std::path::{Path, PathBuf};
@@ -8,6 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 
 pub struct Project {
     pub dir: tempfile::TempDir,
+    /// The bucket the store is in, when it is in one (see [`Project::on_bucket`]).
+    pub bucket: Option<(std::sync::Arc<s3::Moto>, String)>,
 }
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pipe");
@@ -41,7 +44,7 @@ impl Project {
             let e = e.unwrap();
             std::fs::copy(e.path(), dir.path().join("tasks").join(e.file_name())).unwrap();
         }
-        Project { dir }
+        Project { dir, bucket: None }
     }
 
     /// A real (not synthetic) pipeline against an OpenAI-compatible server at `url`.
@@ -121,7 +124,7 @@ lease_ttl_s = 30
             let e = e.unwrap();
             std::fs::copy(e.path(), dir.path().join("tasks").join(e.file_name())).unwrap();
         }
-        Project { dir }
+        Project { dir, bucket: None }
     }
 
     /// A real pipeline whose model `m` is the local backend on `gguf` (2 threads).
@@ -135,11 +138,41 @@ lease_ttl_s = 30
         p
     }
 
+    /// Put this project's store in a fresh bucket of `moto` (`store.path = "s3://…"`); every
+    /// `pipe` the project runs gets the server's endpoint and credentials.
+    pub fn on_bucket(mut self, moto: &std::sync::Arc<s3::Moto>) -> Project {
+        let name = format!("p{}", self.dir.path().file_name().unwrap().to_string_lossy())
+            .to_ascii_lowercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+        let url = moto.bucket(&name);
+        self.set("store.path", &format!("{url:?}"));
+        self.bucket = Some((std::sync::Arc::clone(moto), url));
+        self
+    }
+
+    /// The AWS_* settings of the project's bucket (none for a directory store).
+    pub fn aws(&self) -> Vec<(String, String)> {
+        self.bucket.as_ref().map(|(m, _)| m.env()).unwrap_or_default()
+    }
+
+    /// The project's store, opened in this process (directory or bucket alike).
+    pub fn store(&self) -> pipe::store::Store {
+        let at = match &self.bucket {
+            Some((_, url)) => pipe::store::backend::Location::Bucket(url.clone()),
+            None => pipe::store::backend::Location::Dir(self.path("store")),
+        };
+        let opts = pipe::store::StoreOptions {
+            aws: self.aws(),
+            ..Default::default()
+        };
+        pipe::store::Store::open_at(&at, opts).unwrap()
+    }
+
     /// Wait (at most 20 s, then fail) until some worker holds a lease in the store.
     pub fn wait_for_a_lease(&self) {
-        let leases = self.path("store/leases-v1");
+        let store = self.store();
         let t0 = std::time::Instant::now();
-        while std::fs::read_dir(&leases).map_or(0, |d| d.count()) == 0 {
+        while store.live_leases().unwrap().is_empty() {
             assert!(
                 t0.elapsed() < std::time::Duration::from_secs(20),
                 "no lease appeared in 20 s"
@@ -184,6 +217,7 @@ lease_ttl_s = 30
             .arg(self.path("pipeline.toml"))
             .args(args)
             .env("PIPE_VENV", venv())
+            .envs(self.aws())
             .env_remove("PIPE_FAILPOINT")
             .env_remove("PIPE_SYNTHETIC");
         c
@@ -191,23 +225,30 @@ lease_ttl_s = 30
 
     /// The trial transcripts in the store, by item id.
     pub fn trials(&self, stage: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+        let store = self.store();
         let mut out = std::collections::BTreeMap::new();
-        for e in walkdir::WalkDir::new(self.path("store/actions-v1"))
-            .into_iter()
-            .flatten()
-            .filter(|e| e.file_type().is_file())
-        {
-            let v: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
-            if v["stage"] != stage {
+        for rec in self.all_records(&store) {
+            if rec.stage != stage {
                 continue;
             }
-            let hex = v["outputs"]["trial"].as_str().unwrap().to_string();
-            let obj = self.path(&format!("store/objects-v1/{}/{hex}", &hex[..2]));
-            let t = serde_json::from_slice(&std::fs::read(obj).unwrap()).unwrap();
-            out.insert(v["item"].as_str().unwrap().to_string(), t);
+            let t = store.get_json(&rec.outputs["trial"]).unwrap();
+            out.insert(rec.item.clone(), t);
         }
         out
+    }
+
+    /// Every action record in the store.
+    pub fn all_records(&self, store: &pipe::store::Store) -> Vec<pipe::store::ActionRecord> {
+        store
+            .backend()
+            .list("actions-v1/")
+            .unwrap()
+            .into_iter()
+            .map(|m| {
+                let b = store.backend().get(&m.key).unwrap().unwrap();
+                serde_json::from_slice(&b.bytes).unwrap()
+            })
+            .collect()
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -226,6 +267,7 @@ lease_ttl_s = 30
             .arg(self.path("pipeline.toml"))
             .args(args)
             .env("PIPE_SYNTH_LOG", self.log())
+            .envs(self.aws())
             .env_remove("PIPE_SYNTH_DELAY_MS")
             .env_remove("PIPE_SYNTH_FAIL")
             .env_remove("PIPE_FAILPOINT");
@@ -278,27 +320,15 @@ lease_ttl_s = 30
 
     /// A stage's ref as JSON, if built.
     pub fn stage_ref(&self, stage: &str) -> Option<serde_json::Value> {
-        let p = self.path(&format!("store/refs-v1/{stage}.json"));
-        std::fs::read(p)
-            .ok()
-            .map(|b| serde_json::from_slice(&b).unwrap())
+        let r = self.store().get_ref(stage).unwrap()?;
+        Some(serde_json::to_value(r).unwrap())
     }
 
     /// Every record in the store as (stage, item, producer pid).
     pub fn records(&self) -> Vec<(String, String, u32)> {
-        walkdir::WalkDir::new(self.path("store/actions-v1"))
+        self.all_records(&self.store())
             .into_iter()
-            .flatten()
-            .filter(|e| e.file_type().is_file())
-            .map(|e| {
-                let v: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
-                (
-                    v["stage"].as_str().unwrap().to_string(),
-                    v["item"].as_str().unwrap().to_string(),
-                    v["producer"]["pid"].as_u64().unwrap() as u32,
-                )
-            })
+            .map(|r| (r.stage, r.item, r.producer.pid))
             .collect()
     }
 }
