@@ -1,12 +1,52 @@
 //! The store under SIGKILL, under concurrent builders, and with a worker that stops
-//! heart-beating.
+//! heart-beating: each test runs twice, on a directory store (`dir::`) and on a bucket of a
+//! real S3-compatible server (`bucket::`).
 
 #![allow(clippy::print_stdout)]
 
 mod common;
-use common::{Project, Rng};
+use common::{Project, Rng, s3::Moto};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Which store a test's projects use.
+#[derive(Clone)]
+enum Backend {
+    Dir,
+    Bucket(Arc<Moto>),
+}
+
+impl Backend {
+    fn project(&self, trials: u32, lease_ttl_s: f64) -> Project {
+        let p = Project::new(trials, lease_ttl_s);
+        match self {
+            Backend::Dir => p,
+            Backend::Bucket(m) => p.on_bucket(m),
+        }
+    }
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod dir {
+            $(#[test] fn $name() { super::$name(super::Backend::Dir) })*
+        }
+        mod bucket {
+            $(#[test] fn $name() {
+                super::$name(super::Backend::Bucket(std::sync::Arc::new(super::Moto::start())))
+            })*
+        }
+    };
+}
+
+both!(
+    sigkill_at_random_moments_then_resume,
+    four_builders_compute_every_item_exactly_once,
+    a_stopped_workers_lease_expires_and_is_taken_over,
+    a_sigkilled_workers_lease_on_this_host_is_taken_over_at_once,
+    failpoints_in_the_write_path_leave_a_consistent_store,
+);
 
 fn report_output(p: &Project) -> String {
     p.stage_ref("report").expect("report built")["output"]
@@ -15,8 +55,7 @@ fn report_output(p: &Project) -> String {
         .to_string()
 }
 
-#[test]
-fn sigkill_at_random_moments_then_resume() {
+fn sigkill_at_random_moments_then_resume(b: Backend) {
     let seed = std::env::var("PIPE_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -30,15 +69,19 @@ fn sigkill_at_random_moments_then_resume() {
     let mut rng = Rng(seed);
 
     // The uninterrupted build, for comparison, and its duration to aim the kills.
-    let reference = Project::new(8, 5.0);
+    let reference = b.project(8, 5.0);
     let start = Instant::now();
     let mut c = reference.spawn(&["build", "report", "-j", "3"], 4);
     assert!(c.wait().unwrap().success());
     let full_ms = start.elapsed().as_millis() as u64;
 
-    let p = Project::new(8, 5.0);
+    let p = b.project(8, 5.0);
     let mut run_of_pid: HashMap<u32, usize> = HashMap::new();
-    let kills = 20;
+    // Fewer on a bucket, whose every build is slower; the same moments are covered.
+    let kills = match b {
+        Backend::Dir => 20,
+        Backend::Bucket(_) => 10,
+    };
     for run in 0..=kills {
         let mut child = p.spawn(&["build", "report", "-j", "3"], 4);
         run_of_pid.insert(child.id(), run);
@@ -96,9 +139,8 @@ fn sigkill_at_random_moments_then_resume() {
     );
 }
 
-#[test]
-fn four_builders_compute_every_item_exactly_once() {
-    let p = Project::new(10, 5.0);
+fn four_builders_compute_every_item_exactly_once(b: Backend) {
+    let p = b.project(10, 5.0);
     let children: Vec<_> = (0..4)
         .map(|_| p.spawn(&["build", "report", "-j", "2"], 5))
         .collect();
@@ -124,9 +166,8 @@ fn four_builders_compute_every_item_exactly_once() {
     assert!(p.ok(&["status"]).lines().all(|l| l.contains("up to date")));
 }
 
-#[test]
-fn a_stopped_workers_lease_expires_and_is_taken_over() {
-    let p = Project::new(1, 2.0);
+fn a_stopped_workers_lease_expires_and_is_taken_over(b: Backend) {
+    let p = b.project(1, 2.0);
     // A holds the first trial item and then stops heart-beating (SIGSTOP: alive, silent).
     let mut a = p.spawn(&["build", "trial", "-j", "1"], 600_000);
     p.wait_for_a_lease();
@@ -152,9 +193,8 @@ fn a_stopped_workers_lease_expires_and_is_taken_over() {
     assert!(p.ok(&["status"]).starts_with("trial    up to date"));
 }
 
-#[test]
-fn a_sigkilled_workers_lease_on_this_host_is_taken_over_at_once() {
-    let p = Project::new(1, 60.0);
+fn a_sigkilled_workers_lease_on_this_host_is_taken_over_at_once(b: Backend) {
+    let p = b.project(1, 60.0);
     let mut a = p.spawn(&["build", "trial", "-j", "1"], 600_000);
     p.wait_for_a_lease();
     let _ = a.kill();
@@ -165,17 +205,16 @@ fn a_sigkilled_workers_lease_on_this_host_is_taken_over_at_once() {
     assert!(t1.elapsed() < Duration::from_secs(30));
 }
 
-#[test]
-fn failpoints_in_the_write_path_leave_a_consistent_store() {
-    for point in [
-        "atomic:written",
-        "atomic:synced",
-        "atomic:renamed",
-        "lease:committed",
-        "build:before-ref",
-    ] {
+fn failpoints_in_the_write_path_leave_a_consistent_store(b: Backend) {
+    let points: &[&str] = match b {
+        // Temp file written, synced, moved into place.
+        Backend::Dir => &["atomic:written", "atomic:synced", "atomic:renamed"],
+        // Right before a PUT is sent and right after it landed.
+        Backend::Bucket(_) => &["bucket:sending", "bucket:written"],
+    };
+    for point in points.iter().chain(&["lease:committed", "build:before-ref"]) {
         for nth in [1, 7] {
-            let p = Project::new(2, 5.0);
+            let p = b.project(2, 5.0);
             let o = p
                 .cmd(&["build", "report", "-j", "1"])
                 .env("PIPE_FAILPOINT", format!("{point}:{nth}"))
@@ -189,8 +228,10 @@ fn failpoints_in_the_write_path_leave_a_consistent_store() {
                 String::from_utf8_lossy(&v.stdout)
             );
             p.ok(&["build", "report"]);
-            let tmp = std::fs::read_dir(p.path("store/tmp-v1")).unwrap().count();
-            assert_eq!(tmp, 0, "{point}:{nth}: orphaned temp files were not reaped");
+            if let Backend::Dir = b {
+                let tmp = std::fs::read_dir(p.path("store/tmp-v1")).unwrap().count();
+                assert_eq!(tmp, 0, "{point}:{nth}: orphaned temp files were not reaped");
+            }
             assert!(p.ok(&["status"]).lines().all(|l| l.contains("up to date")));
         }
     }

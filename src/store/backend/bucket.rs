@@ -182,8 +182,12 @@ impl Bucket {
             ..Default::default()
         };
         let payload = PutPayload::from(bytes.to_vec());
+        crate::failpoint("bucket:sending");
         match self.rt.block_on(self.s3.put_opts(&self.path(key), payload, opts)) {
-            Ok(r) => Ok(Some(self.version(key, r.e_tag)?)),
+            Ok(r) => {
+                crate::failpoint("bucket:written");
+                Ok(Some(self.version(key, r.e_tag)?))
+            }
             Err(
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. }
