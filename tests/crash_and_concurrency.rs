@@ -212,7 +212,10 @@ fn failpoints_in_the_write_path_leave_a_consistent_store(b: Backend) {
         // Right before a PUT is sent and right after it landed.
         Backend::Bucket(_) => &["bucket:sending", "bucket:written"],
     };
-    for point in points.iter().chain(&["lease:committed", "build:before-ref"]) {
+    for point in points
+        .iter()
+        .chain(&["lease:committed", "build:before-ref"])
+    {
         for nth in [1, 7] {
             let p = b.project(2, 5.0);
             let o = p

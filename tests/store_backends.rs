@@ -152,10 +152,12 @@ fn a_large_object_streams_in_and_out(p: Place) {
     let n = 40 << 20;
     let bytes: Vec<u8> = (0..n).map(|i| (i * 7 + i / 4096) as u8).collect();
     let (id, ()) = s
-        .put_stream(|w| w.write_all(&bytes).map_err(|e| StoreError::Io {
-            path: "stream".into(),
-            source: e,
-        }))
+        .put_stream(|w| {
+            w.write_all(&bytes).map_err(|e| StoreError::Io {
+                path: "stream".into(),
+                source: e,
+            })
+        })
         .unwrap();
     assert_eq!(id, Hash::of(&bytes));
     let f = s.object_file(&id).unwrap();
@@ -174,7 +176,6 @@ fn a_large_object_streams_in_and_out(p: Place) {
     assert!(r.is_err());
     assert!(!s.has_object(&Hash::of(b"partial")));
 }
-
 
 fn first_record_writer_wins_and_a_lease_is_exclusive(p: Place) {
     let s = p.open(TTL);
@@ -234,9 +235,19 @@ fn a_dead_holder_on_this_host_is_taken_over_at_once(p: Place) {
     );
     assert!(s.live_lease(&key).is_none());
     let l = held(s.try_lease(&key).unwrap());
-    assert!(s.backend().head(&Store::lease_key(&key, 1)).unwrap().is_some());
+    assert!(
+        s.backend()
+            .head(&Store::lease_key(&key, 1))
+            .unwrap()
+            .is_some()
+    );
     drop(l);
-    assert!(s.backend().head(&Store::lease_key(&key, 1)).unwrap().is_none());
+    assert!(
+        s.backend()
+            .head(&Store::lease_key(&key, 1))
+            .unwrap()
+            .is_none()
+    );
 }
 
 fn a_foreign_live_lease_blocks_until_it_expires(p: Place) {
@@ -281,21 +292,31 @@ fn a_renewed_lease_cannot_be_taken_with_its_old_version(p: Place) {
         std::thread::sleep(Duration::from_millis(50));
     };
     let renewed = LeaseInfo::parse(&after.bytes).unwrap();
-    assert!(renewed.renewals >= 1 && renewed.expires_ms > LeaseInfo::parse(&before.bytes).unwrap().expires_ms);
+    assert!(
+        renewed.renewals >= 1
+            && renewed.expires_ms > LeaseInfo::parse(&before.bytes).unwrap().expires_ms
+    );
     assert_ne!(after.version, before.version);
     // Taking over with the version read before the renewal fails…
     let mut thief = renewed.clone();
     thief.host = "thief".into();
     let stolen = s
         .backend()
-        .put(&lk, &serde_json::to_vec(&thief).unwrap(), Cond::IfMatch(before.version.clone()))
+        .put(
+            &lk,
+            &serde_json::to_vec(&thief).unwrap(),
+            Cond::IfMatch(before.version.clone()),
+        )
         .unwrap();
     assert_eq!(stolen, Put::Mismatch);
     assert_eq!(s.live_lease(&key).unwrap().pid, std::process::id());
     if p.is_bucket() {
         // …and the trap is real on this server: identical bytes keep the ETag.
         let cur = s.backend().get(&lk).unwrap().unwrap();
-        let Put::Written(v) = s.backend().put(&lk, &cur.bytes, Cond::IfMatch(cur.version.clone())).unwrap()
+        let Put::Written(v) = s
+            .backend()
+            .put(&lk, &cur.bytes, Cond::IfMatch(cur.version.clone()))
+            .unwrap()
         else {
             panic!("swap over the current version must succeed")
         };
@@ -350,7 +371,10 @@ fn a_ref_is_written_once_by_workers_that_finish_together(p: Place) {
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert!(outcomes.iter().all(|o| *o == SetRef::AlreadySet), "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| *o == SetRef::AlreadySet),
+        "{outcomes:?}"
+    );
     // A new build replaces it exactly once among racers (each stamps its own write time, as
     // workers in separate processes stamp their host and pid).
     let mut newer = r.clone();
@@ -369,7 +393,10 @@ fn a_ref_is_written_once_by_workers_that_finish_together(p: Place) {
     });
     let n = outcomes.iter().filter(|o| **o == SetRef::Written).count();
     assert_eq!(n, 1, "{outcomes:?}");
-    assert_eq!(s.get_ref("trial").unwrap().unwrap().stage_key, newer.stage_key);
+    assert_eq!(
+        s.get_ref("trial").unwrap().unwrap().stage_key,
+        newer.stage_key
+    );
 }
 
 fn verify_quarantines_corruption_and_drops_what_it_broke(p: Place) {
@@ -389,7 +416,12 @@ fn verify_quarantines_corruption_and_drops_what_it_broke(p: Place) {
     assert!(s.get_ref("b").unwrap().is_some());
     assert!(!s.has_record(&key_a));
     let q = s.backend().list("quarantine-v1/").unwrap();
-    assert_eq!(q.len(), 2, "{:?}", q.iter().map(|m| &m.key).collect::<Vec<_>>());
+    assert_eq!(
+        q.len(),
+        2,
+        "{:?}",
+        q.iter().map(|m| &m.key).collect::<Vec<_>>()
+    );
     assert!(s.verify().unwrap().is_clean());
 }
 
@@ -403,7 +435,11 @@ fn gc_keeps_what_refs_reach_fresh_values_and_live_leases(p: Place) {
     let l = held(s.try_lease(&leased).unwrap());
     // Nothing goes while it is fresh.
     let rep = s.gc(Duration::from_secs(3600), false).unwrap();
-    assert_eq!((rep.removed_objects, rep.removed_records), (0, 0), "{rep:?}");
+    assert_eq!(
+        (rep.removed_objects, rep.removed_records),
+        (0, 0),
+        "{rep:?}"
+    );
     // A grace of zero: the loose object goes; what a ref reaches stays; the leased key's
     // record (written under its live lease) and its output stay.
     l.commit(&record(&s, leased, leased_out, 3)).unwrap();
@@ -417,7 +453,10 @@ fn gc_keeps_what_refs_reach_fresh_values_and_live_leases(p: Place) {
     assert!(rep.removed_objects >= 2, "{rep:?}");
     assert_eq!(rep.removed_records, 1, "{rep:?}"); // the leased key's: its lease is gone
     assert!(!s.has_record(&leased));
-    assert!(s.live_lease(&Hash::of(b"other")).is_some(), "a live lease is never removed");
+    assert!(
+        s.live_lease(&Hash::of(b"other")).is_some(),
+        "a live lease is never removed"
+    );
     assert!(s.verify().unwrap().is_clean());
     drop(l2);
     let rep = s.gc(Duration::ZERO, false).unwrap();
@@ -430,7 +469,9 @@ fn status_reads_leases_and_records_in_listings(p: Place) {
     let keys: Vec<Hash> = (0..20u32).map(|i| Hash::of(&i.to_be_bytes())).collect();
     for k in keys.iter().step_by(2) {
         let out = s.put(k.to_hex().as_bytes()).unwrap();
-        held(s.try_lease(k).unwrap()).commit(&record(&s, *k, out, 1)).unwrap();
+        held(s.try_lease(k).unwrap())
+            .commit(&record(&s, *k, out, 1))
+            .unwrap();
     }
     let _l = held(s.try_lease(&keys[1]).unwrap());
     let before = s.requests();

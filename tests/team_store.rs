@@ -75,7 +75,10 @@ fn four_workers_on_a_bucket_share_the_trials_and_survive_a_sigkill() {
     }
     assert_eq!(asked.len(), 120);
     let twice: usize = asked.values().map(|n| n - 1).sum();
-    assert!(twice <= 2, "{twice} trials computed again (the victim ran -j 2)");
+    assert!(
+        twice <= 2,
+        "{twice} trials computed again (the victim ran -j 2)"
+    );
     // verify is clean and status says it is done, without a request per record.
     let v = p.real(&["verify"]).output().unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
@@ -102,7 +105,11 @@ fn four_workers_on_a_bucket_share_the_trials_and_survive_a_sigkill() {
     for e in walkdir::WalkDir::new(p.dir.path()).into_iter().flatten() {
         if e.file_type().is_file() {
             let text = String::from_utf8_lossy(&std::fs::read(e.path()).unwrap()).to_string();
-            assert!(!text.contains(SECRET), "{} holds the secret", e.path().display());
+            assert!(
+                !text.contains(SECRET),
+                "{} holds the secret",
+                e.path().display()
+            );
         }
     }
 }
@@ -131,6 +138,9 @@ fn an_unreachable_bucket_is_a_clear_error_that_names_no_secret() {
     assert!(!o.status.success());
     assert!(err.contains("s3://nowhere/team"), "{err}");
     assert!(!err.contains(SECRET) && !String::from_utf8_lossy(&o.stdout).contains(SECRET));
-    assert!(t0.elapsed() < Duration::from_secs(120), "gave up too slowly");
+    assert!(
+        t0.elapsed() < Duration::from_secs(120),
+        "gave up too slowly"
+    );
     assert!(s.chats().is_empty());
 }

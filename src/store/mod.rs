@@ -93,7 +93,10 @@ pub enum StoreError {
         found: String,
     },
     /// A request to a bucket failed (after the object store's own retries).
-    #[error("{location}: {op} failed: {message}")]
+    #[error(
+        "{location}: {op} failed: {message} (the bucket's endpoint, region and credentials come \
+         from the AWS_* environment variables: AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, …)"
+    )]
     Remote {
         /// Bucket URL and key.
         location: String,
@@ -371,17 +374,16 @@ impl Store {
         let (backend, root): (Arc<dyn Backend>, Option<PathBuf>) = match location {
             Location::Dir(root) => {
                 Self::init_dir(root)?;
-                let dir = backend::dir::Dir::new(
-                    root,
-                    dirs::TMP,
-                    opts.fsync,
-                    me.tag(),
-                    me.host.clone(),
-                );
+                let dir =
+                    backend::dir::Dir::new(root, dirs::TMP, opts.fsync, me.tag(), me.host.clone());
                 (Arc::new(dir), Some(root.clone()))
             }
             Location::Bucket(url) => (
-                Arc::new(backend::bucket::Bucket::open(url, me.host.clone(), &opts.aws)?),
+                Arc::new(backend::bucket::Bucket::open(
+                    url,
+                    me.host.clone(),
+                    &opts.aws,
+                )?),
                 None,
             ),
         };
@@ -818,7 +820,9 @@ impl Store {
         let key = ref_key(&r.stage);
         for _ in 0..100 {
             let cond = match self.get_ref_versioned(&r.stage) {
-                Ok(Some((old, _))) if old.stage_key == r.stage_key && old.manifest == r.manifest => {
+                Ok(Some((old, _)))
+                    if old.stage_key == r.stage_key && old.manifest == r.manifest =>
+                {
                     return Ok(SetRef::AlreadySet);
                 }
                 Ok(Some((_, v))) => Cond::IfMatch(v),

@@ -141,9 +141,12 @@ lease_ttl_s = 30
     /// Put this project's store in a fresh bucket of `moto` (`store.path = "s3://…"`); every
     /// `pipe` the project runs gets the server's endpoint and credentials.
     pub fn on_bucket(mut self, moto: &std::sync::Arc<s3::Moto>) -> Project {
-        let name = format!("p{}", self.dir.path().file_name().unwrap().to_string_lossy())
-            .to_ascii_lowercase()
-            .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+        let name = format!(
+            "p{}",
+            self.dir.path().file_name().unwrap().to_string_lossy()
+        )
+        .to_ascii_lowercase()
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "");
         let url = moto.bucket(&name);
         self.set("store.path", &format!("{url:?}"));
         self.bucket = Some((std::sync::Arc::clone(moto), url));
@@ -152,7 +155,10 @@ lease_ttl_s = 30
 
     /// The AWS_* settings of the project's bucket (none for a directory store).
     pub fn aws(&self) -> Vec<(String, String)> {
-        self.bucket.as_ref().map(|(m, _)| m.env()).unwrap_or_default()
+        self.bucket
+            .as_ref()
+            .map(|(m, _)| m.env())
+            .unwrap_or_default()
     }
 
     /// The project's store, opened in this process (directory or bucket alike).

@@ -92,18 +92,17 @@ impl Bucket {
         };
         let mut b = AmazonS3Builder::from_env();
         for (k, v) in aws {
-            let key = k.to_ascii_lowercase().parse().map_err(|_| {
-                bad(format!("{k} is not a setting of the S3 client"))
-            })?;
+            let key = k
+                .to_ascii_lowercase()
+                .parse()
+                .map_err(|_| bad(format!("{k} is not a setting of the S3 client")))?;
             b = b.with_config(key, v);
         }
-        let mut b = b
-            .with_bucket_name(bucket)
-            .with_retry(RetryConfig {
-                max_retries: 5,
-                retry_timeout: Duration::from_secs(60),
-                ..Default::default()
-            });
+        let mut b = b.with_bucket_name(bucket).with_retry(RetryConfig {
+            max_retries: 5,
+            retry_timeout: Duration::from_secs(60),
+            ..Default::default()
+        });
         let endpoint = var("AWS_ENDPOINT_URL")
             .or_else(|| var("AWS_ENDPOINT"))
             .unwrap_or_default();
@@ -175,7 +174,12 @@ impl Bucket {
 
     /// Write once with `mode`; `Ok(None)` when the outcome is unknown or the condition failed,
     /// which the caller resolves by reading back.
-    fn put_once(&self, key: &str, bytes: &[u8], mode: PutMode) -> Result<Option<Version>, StoreError> {
+    fn put_once(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        mode: PutMode,
+    ) -> Result<Option<Version>, StoreError> {
         bump(&self.counts.put, 1);
         let opts = PutOptions {
             mode,
@@ -183,7 +187,10 @@ impl Bucket {
         };
         let payload = PutPayload::from(bytes.to_vec());
         crate::failpoint("bucket:sending");
-        match self.rt.block_on(self.s3.put_opts(&self.path(key), payload, opts)) {
+        match self
+            .rt
+            .block_on(self.s3.put_opts(&self.path(key), payload, opts))
+        {
             Ok(r) => {
                 crate::failpoint("bucket:written");
                 Ok(Some(self.version(key, r.e_tag)?))
@@ -256,10 +263,11 @@ impl Backend for Bucket {
             let mut stream = r.into_stream();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk?;
-                file.write_all(&chunk).map_err(|e| object_store::Error::Generic {
-                    store: "local",
-                    source: Box::new(e),
-                })?;
+                file.write_all(&chunk)
+                    .map_err(|e| object_store::Error::Generic {
+                        store: "local",
+                        source: Box::new(e),
+                    })?;
             }
             Ok::<_, object_store::Error>(())
         });
@@ -335,25 +343,26 @@ impl Backend for Bucket {
             // Multipart uploads cannot be conditional; fine for content-addressed values,
             // whose name fixes their bytes. An upload that fails midway is aborted.
             let path = self.path(key);
-            self.rt.block_on(async {
-                let upload = self.s3.put_multipart(&path).await?;
-                let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
-                let mut buf = vec![0u8; PART];
-                loop {
-                    let n = f.read(&mut buf).map_err(|e| object_store::Error::Generic {
-                        store: "local",
-                        source: Box::new(e),
-                    })?;
-                    if n == 0 {
-                        break;
+            self.rt
+                .block_on(async {
+                    let upload = self.s3.put_multipart(&path).await?;
+                    let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
+                    let mut buf = vec![0u8; PART];
+                    loop {
+                        let n = f.read(&mut buf).map_err(|e| object_store::Error::Generic {
+                            store: "local",
+                            source: Box::new(e),
+                        })?;
+                        if n == 0 {
+                            break;
+                        }
+                        bump(&self.counts.put, 1);
+                        w.wait_for_capacity(2).await?;
+                        w.write(&buf[..n]);
                     }
-                    bump(&self.counts.put, 1);
-                    w.wait_for_capacity(2).await?;
-                    w.write(&buf[..n]);
-                }
-                w.finish().await.map(|_| ())
-            })
-            .map_err(|e| self.err("upload", key, e))
+                    w.finish().await.map(|_| ())
+                })
+                .map_err(|e| self.err("upload", key, e))
         })();
         let _ = std::fs::remove_file(file);
         res
@@ -370,17 +379,22 @@ impl Backend for Bucket {
 
     fn list(&self, prefix: &str) -> Result<Vec<Meta>, StoreError> {
         let p = self.path(prefix.trim_end_matches('/'));
-        let metas: Vec<_> = self.rt.block_on(async {
-            let mut s = self.s3.list(Some(&p));
-            let mut out = Vec::new();
-            while let Some(m) = s.next().await {
-                out.push(m?);
-            }
-            Ok::<_, object_store::Error>(out)
-        })
-        .map_err(|e| self.err("list", prefix, e))?;
+        let metas: Vec<_> = self
+            .rt
+            .block_on(async {
+                let mut s = self.s3.list(Some(&p));
+                let mut out = Vec::new();
+                while let Some(m) = s.next().await {
+                    out.push(m?);
+                }
+                Ok::<_, object_store::Error>(out)
+            })
+            .map_err(|e| self.err("list", prefix, e))?;
         // ListObjectsV2 answers at most 1,000 keys a page.
-        bump(&self.counts.list, (metas.len() as u64).div_ceil(1000).max(1));
+        bump(
+            &self.counts.list,
+            (metas.len() as u64).div_ceil(1000).max(1),
+        );
         Ok(metas.into_iter().filter_map(|m| self.meta(m)).collect())
     }
 

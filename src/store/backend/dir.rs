@@ -31,7 +31,12 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 }
 
 fn version_of(m: &fs::Metadata) -> Version {
-    Version(format!("{}-{}-{}", m.ino(), m.size(), m.mtime_nsec() + m.mtime() * 1_000_000_000))
+    Version(format!(
+        "{}-{}-{}",
+        m.ino(),
+        m.size(),
+        m.mtime_nsec() + m.mtime() * 1_000_000_000
+    ))
 }
 
 fn meta_of(key: String, m: &fs::Metadata) -> Meta {
@@ -175,7 +180,11 @@ impl Backend for Dir {
     fn list(&self, prefix: &str) -> Result<Vec<Meta>, StoreError> {
         let dir = self.path(prefix);
         let mut out = Vec::new();
-        for e in walkdir::WalkDir::new(&dir).min_depth(1).into_iter().flatten() {
+        for e in walkdir::WalkDir::new(&dir)
+            .min_depth(1)
+            .into_iter()
+            .flatten()
+        {
             if !e.file_type().is_file() {
                 continue;
             }
