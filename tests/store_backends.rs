@@ -489,3 +489,34 @@ fn status_reads_leases_and_records_in_listings(p: Place) {
         assert_eq!(used.total(), 0, "a directory makes no requests");
     }
 }
+
+/// `pipe copy`'s library half: a directory into a bucket and back, verified on the way; what
+/// the destination has stays; the copy is a store like any other.
+#[test]
+fn a_store_copies_into_the_other_backend_and_back() {
+    let (d, b) = (Place::dir(), Place::bucket());
+    let src = d.open(TTL);
+    let (r, key) = build_one(&src, "trial", b"payload");
+    let big: Vec<u8> = (0..(20 << 20)).map(|i: u32| (i % 251) as u8).collect();
+    let big_id = src.put(&big).unwrap();
+    src.put_probe("server", &serde_json::json!({"digest": "x"}))
+        .unwrap();
+    let bucket = b.open(TTL);
+    let nothing = |_: usize, _: usize| {};
+    let rep = src.copy_to(&bucket, 8, &nothing).unwrap();
+    assert_eq!((rep.records, rep.refs, rep.probes), (1, 1, 1), "{rep:?}");
+    assert_eq!(bucket.get_ref("trial").unwrap().unwrap(), r);
+    assert!(bucket.record(&key).unwrap().is_some());
+    assert_eq!(bucket.get(&big_id).unwrap(), big);
+    assert!(bucket.verify().unwrap().is_clean());
+    // Again: everything is there already.
+    let again = src.copy_to(&bucket, 8, &nothing).unwrap();
+    assert_eq!((again.objects, again.records), (0, 0), "{again:?}");
+    // And back into a new directory.
+    let back = Place::dir();
+    let dst = back.open(TTL);
+    bucket.copy_to(&dst, 8, &nothing).unwrap();
+    assert_eq!(dst.get_ref("trial").unwrap().unwrap(), r);
+    assert_eq!(dst.get(&big_id).unwrap(), big);
+    assert!(dst.verify().unwrap().is_clean());
+}

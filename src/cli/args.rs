@@ -51,6 +51,10 @@ pub enum Cmd {
     Verify(Json),
     /// Remove what no target reaches. Safe while other processes build.
     Gc(Gc),
+    /// Copy this store's objects, records and refs into another store: a directory into a
+    /// team's bucket (`--to s3://bucket/prefix`), or a bucket into a directory. What the
+    /// destination already has stays; objects are verified on the way.
+    Copy(Copy),
     /// The fine-tuned model's files: copy them out of the store, or register the merged model
     /// with a running Ollama.
     #[command(subcommand)]
@@ -142,6 +146,20 @@ pub struct Gc {
     /// Only say what would be removed.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pipe copy`.
+#[derive(Debug, ClapArgs)]
+pub struct Copy {
+    /// The destination: a directory or a bucket URL.
+    #[arg(long)]
+    pub to: String,
+    /// Transfers at a time.
+    #[arg(short = 'j', long, default_value_t = 16)]
+    pub jobs: usize,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,

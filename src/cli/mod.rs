@@ -43,10 +43,35 @@ pub fn main() -> ExitCode {
         .with_ansi(render::colour())
         .fmt_fields(term::log_fields())
         .init();
-    match run(args) {
+    let code = match run(args) {
         Ok(Exit::Ok) => ExitCode::SUCCESS,
         Ok(Exit::Failed) => ExitCode::from(1),
         Err(e) => render::error(&e),
+    };
+    log_requests();
+    code
+}
+
+/// With `PIPE_REQUEST_LOG=<file>`, append this process's bucket requests to it as one JSON
+/// line (`pipe bench` and a team pricing its bucket read them).
+fn log_requests() {
+    let Some(path) = std::env::var_os("PIPE_REQUEST_LOG") else {
+        return;
+    };
+    let line = serde_json::json!({
+        "pid": std::process::id(),
+        "requests": pipe::store::backend::bucket::process_requests(),
+    });
+    let res = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
+    if let Err(e) = res {
+        tracing::warn!(
+            "PIPE_REQUEST_LOG {}: {e}",
+            std::path::Path::new(&path).display()
+        );
     }
 }
 
@@ -205,6 +230,26 @@ fn run(args: Args) -> Result<Exit> {
             let store = open_store(&args, &loaded)?;
             let rep = store.gc(g.grace, g.dry_run)?;
             render::gc(&rep, g.json, g.dry_run);
+            Ok(Exit::Ok)
+        }
+        Cmd::Copy(c) => {
+            let store = open_store(&args, &loaded)?;
+            let to = pipe::store::backend::Location::parse(&c.to, &std::env::current_dir()?);
+            let opts = StoreOptions {
+                lease_ttl: Duration::from_secs_f64(loaded.config.store.lease_ttl_s.max(0.1)),
+                fsync: std::env::var("PIPE_UNSAFE_NO_FSYNC").is_err(),
+                aws: Vec::new(),
+            };
+            let dest = Store::open_at(&to, opts).with_context(|| format!("opening {to}"))?;
+            let bar = render::counter_bar("copy", c.json);
+            let rep = store
+                .copy_to(&dest, c.jobs, &|done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                })
+                .with_context(|| format!("copying {} to {to}", store.location()))?;
+            bar.finish_and_clear();
+            render::store_copy(&rep, &to.to_string(), c.json);
             Ok(Exit::Ok)
         }
         Cmd::Export(x) => {

@@ -250,6 +250,41 @@ pub fn verify(rep: &VerifyReport, as_json: bool) {
 }
 
 /// `pipe gc`.
+/// A bar that counts values (hidden with --json or off a terminal).
+pub fn counter_bar(prefix: &str, quiet: bool) -> indicatif::ProgressBar {
+    let target = if quiet {
+        indicatif::ProgressDrawTarget::hidden()
+    } else {
+        indicatif::ProgressDrawTarget::stderr()
+    };
+    let pb = indicatif::ProgressBar::with_draw_target(None, target);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>8} [{bar:30}] {pos}/{len} ({elapsed}, ETA {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_prefix(prefix.to_string());
+    pb
+}
+
+pub fn store_copy(rep: &pipe::store::copy::CopyReport, to: &str, as_json: bool) {
+    if as_json {
+        return json(rep);
+    }
+    out(&format!(
+        "copied to {to}: {} objects ({} bytes; {} already there), {} records ({} already there), {} refs, {} probes",
+        rep.objects,
+        rep.bytes,
+        rep.objects_present,
+        rep.records,
+        rep.records_present,
+        rep.refs,
+        rep.probes
+    ));
+}
+
 pub fn gc(rep: &GcReport, as_json: bool, dry_run: bool) {
     if as_json {
         return json(rep);

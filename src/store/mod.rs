@@ -23,6 +23,7 @@
 
 pub mod atomic;
 pub mod backend;
+pub mod copy;
 pub mod lease;
 pub mod maintain;
 

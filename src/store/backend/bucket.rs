@@ -57,8 +57,39 @@ struct Counts {
     copy: AtomicU64,
 }
 
-fn bump(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
+/// Every bucket's requests in this process (what `PIPE_REQUEST_LOG` writes at exit).
+static PROCESS: Counts = Counts {
+    put: AtomicU64::new(0),
+    get: AtomicU64::new(0),
+    head: AtomicU64::new(0),
+    list: AtomicU64::new(0),
+    delete: AtomicU64::new(0),
+    copy: AtomicU64::new(0),
+};
+
+impl Counts {
+    fn snapshot(&self) -> Requests {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Requests {
+            put: l(&self.put),
+            get: l(&self.get),
+            head: l(&self.head),
+            list: l(&self.list),
+            delete: l(&self.delete),
+            copy: l(&self.copy),
+        }
+    }
+}
+
+/// The requests every bucket of this process has made so far.
+pub fn process_requests() -> Requests {
+    PROCESS.snapshot()
+}
+
+/// Count `n` requests of one kind, for this bucket and for the process.
+fn bump(kind: fn(&Counts) -> &AtomicU64, mine: &Counts, n: u64) {
+    kind(mine).fetch_add(n, Ordering::Relaxed);
+    kind(&PROCESS).fetch_add(n, Ordering::Relaxed);
 }
 
 impl Bucket {
@@ -180,7 +211,7 @@ impl Bucket {
         bytes: &[u8],
         mode: PutMode,
     ) -> Result<Option<Version>, StoreError> {
-        bump(&self.counts.put, 1);
+        bump(|c| &c.put, &self.counts, 1);
         let opts = PutOptions {
             mode,
             ..Default::default()
@@ -210,7 +241,7 @@ impl Bucket {
     }
 
     fn get_inner(&self, key: &str) -> Result<Option<Blob>, StoreError> {
-        bump(&self.counts.get, 1);
+        bump(|c| &c.get, &self.counts, 1);
         let path = self.path(key);
         let got = self.rt.block_on(async {
             let r = self.s3.get(&path).await?;
@@ -250,7 +281,7 @@ impl Backend for Bucket {
     }
 
     fn open(&self, key: &str) -> Result<Option<File>, StoreError> {
-        bump(&self.counts.get, 1);
+        bump(|c| &c.get, &self.counts, 1);
         let path = self.path(key);
         let io = |source| StoreError::Io {
             path: self.staging.clone(),
@@ -282,7 +313,7 @@ impl Backend for Bucket {
     }
 
     fn head(&self, key: &str) -> Result<Option<Meta>, StoreError> {
-        bump(&self.counts.head, 1);
+        bump(|c| &c.head, &self.counts, 1);
         match self.rt.block_on(self.s3.head(&self.path(key))) {
             Ok(m) => Ok(self.meta(m)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -356,7 +387,7 @@ impl Backend for Bucket {
                         if n == 0 {
                             break;
                         }
-                        bump(&self.counts.put, 1);
+                        bump(|c| &c.put, &self.counts, 1);
                         w.wait_for_capacity(2).await?;
                         w.write(&buf[..n]);
                     }
@@ -369,7 +400,7 @@ impl Backend for Bucket {
     }
 
     fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        bump(&self.counts.delete, 1);
+        bump(|c| &c.delete, &self.counts, 1);
         // S3 answers a delete of a missing key with success too: it cannot tell.
         match self.rt.block_on(self.s3.delete(&self.path(key))) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
@@ -391,15 +422,13 @@ impl Backend for Bucket {
             })
             .map_err(|e| self.err("list", prefix, e))?;
         // ListObjectsV2 answers at most 1,000 keys a page.
-        bump(
-            &self.counts.list,
-            (metas.len() as u64).div_ceil(1000).max(1),
-        );
+        let pages = (metas.len() as u64).div_ceil(1000).max(1);
+        bump(|c| &c.list, &self.counts, pages);
         Ok(metas.into_iter().filter_map(|m| self.meta(m)).collect())
     }
 
     fn rename(&self, from: &str, to: &str) -> Result<(), StoreError> {
-        bump(&self.counts.copy, 1);
+        bump(|c| &c.copy, &self.counts, 1);
         self.rt
             .block_on(self.s3.copy(&self.path(from), &self.path(to)))
             .map_err(|e| self.err("copy", from, e))?;
@@ -433,15 +462,6 @@ impl Backend for Bucket {
     }
 
     fn requests(&self) -> Requests {
-        let c = &self.counts;
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Requests {
-            put: l(&c.put),
-            get: l(&c.get),
-            head: l(&c.head),
-            list: l(&c.list),
-            delete: l(&c.delete),
-            copy: l(&c.copy),
-        }
+        self.counts.snapshot()
     }
 }

@@ -1,0 +1,91 @@
+//! A team on one bucket: trials per second with 1, 2 and 4 `pipe build trial` workers sharing a
+//! bucket on a real S3-compatible server (moto, on loopback), against a scripted model server
+//! that answers after a fixed latency — and the bucket requests each trial costs.
+//!
+//!     cargo bench --bench team_store                      # needs scripts/setup.sh
+//!     PIPE_BENCH_TRIALS=8 PIPE_BENCH_LATENCY_MS=1000 cargo bench --bench team_store
+//!
+//! Each worker runs `-j 1`, so with N workers N trials are in flight: the ideal is N× one
+//! worker's rate. Every trial is a real one: tests and implementation asked of the server, the
+//! implementation's pytest run in the sandbox.
+
+#![allow(clippy::print_stdout)]
+
+#[path = "util/mod.rs"]
+mod util;
+use util::env_or;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::s3::Moto;
+use common::scripted::{IMPL, Reply, Request, Server, not_found, py};
+use common::{Project, TASKS, stack_tests_reply};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn main() {
+    let trials: u32 = env_or("PIPE_BENCH_TRIALS", 6);
+    let latency = Duration::from_millis(env_or("PIPE_BENCH_LATENCY_MS", 1000));
+    let moto = Arc::new(Moto::start());
+    let server = Server::start(move |r: &Request| {
+        if !r.is_chat() {
+            not_found()
+        } else if r.is_tests_step() {
+            let n = r.body["seed"].as_u64().unwrap() % 100_000;
+            Reply::Slow(latency, stack_tests_reply(n))
+        } else {
+            Reply::Slow(latency, py(IMPL))
+        }
+    });
+    let n_trials = 6 * trials as usize;
+    println!(
+        "{n_trials} trials (6 tasks × {trials}), model latency {} ms a request, each worker -j 1",
+        latency.as_millis()
+    );
+    println!(
+        "{:>7} {:>9} {:>9} {:>8}  requests per trial (put/get/head/list/delete)",
+        "workers", "wall s", "trials/s", "speed-up"
+    );
+    let mut base = None;
+    for workers in [1usize, 2, 4] {
+        let p = Project::openai(&server.url, &TASKS, trials, 0, "").on_bucket(&moto);
+        p.baseline_only();
+        let log = p.path("requests.jsonl");
+        let t0 = Instant::now();
+        let children: Vec<_> = (0..workers)
+            .map(|_| {
+                p.real(&["build", "trial", "-j", "1"])
+                    .env("PIPE_REQUEST_LOG", &log)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success(), "a worker failed");
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        assert_eq!(p.records().len(), n_trials);
+        let rate = n_trials as f64 / wall;
+        let speedup = rate / *base.get_or_insert(rate);
+        let mut sum = [0u64; 5];
+        for line in std::fs::read_to_string(&log).unwrap().lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            for (i, k) in ["put", "get", "head", "list", "delete"].iter().enumerate() {
+                sum[i] += v["requests"][k].as_u64().unwrap();
+            }
+        }
+        let per: Vec<String> = sum
+            .iter()
+            .map(|n| format!("{:.1}", *n as f64 / n_trials as f64))
+            .collect();
+        println!(
+            "{workers:>7} {wall:>9.1} {rate:>9.3} {speedup:>7.2}×  {} (total {:.1})",
+            per.join("/"),
+            sum.iter().sum::<u64>() as f64 / n_trials as f64
+        );
+    }
+}
