@@ -520,3 +520,90 @@ fn a_store_copies_into_the_other_backend_and_back() {
     assert_eq!(dst.get(&big_id).unwrap(), big);
     assert!(dst.verify().unwrap().is_clean());
 }
+
+/// A bucket store that talks to `moto` through a [`FaultProxy`] with `rule`.
+fn through_faults(
+    rule: impl Fn(&common::s3::Seen, &[common::s3::Seen]) -> common::s3::Fault + Send + Sync + 'static,
+) -> (Moto, common::s3::FaultProxy, Store) {
+    let moto = Moto::start();
+    let url = moto.bucket("faults");
+    let proxy = common::s3::FaultProxy::start(moto.port, rule);
+    let mut aws = moto.env();
+    for (k, v) in &mut aws {
+        if k == "AWS_ENDPOINT_URL" {
+            *v = proxy.endpoint();
+        }
+    }
+    let opts = StoreOptions {
+        aws,
+        ..Default::default()
+    };
+    let s = Store::open_at(&Location::Bucket(url), opts).unwrap();
+    (moto, proxy, s)
+}
+
+/// The first request that matches `what` gets `fault`; all others pass.
+fn once(
+    what: impl Fn(&common::s3::Seen) -> bool + Send + Sync + 'static,
+    fault: common::s3::Fault,
+) -> impl Fn(&common::s3::Seen, &[common::s3::Seen]) -> common::s3::Fault + Send + Sync + 'static {
+    use common::s3::Fault;
+    move |r, earlier| {
+        if what(r) && earlier.iter().all(|e| e.fault == Fault::Pass) {
+            fault
+        } else {
+            Fault::Pass
+        }
+    }
+}
+
+fn record_create(r: &common::s3::Seen) -> bool {
+    r.method == "PUT" && r.header("if-none-match") == Some("*") && r.path.contains("/actions-v1/")
+}
+
+#[test]
+fn a_create_whose_answer_was_lost_is_ours_when_read_back() {
+    // The record lands, the answer is a 503; the client's retry then meets 412 (the key
+    // exists). Only reading back tells that the winner is us.
+    let (_m, proxy, s) = through_faults(once(record_create, common::s3::Fault::LoseAnswer(503)));
+    let key = Hash::of(b"lost answer");
+    let out = s.put(b"o").unwrap();
+    let lease = held(s.try_lease(&key).unwrap());
+    assert_eq!(
+        lease.commit(&record(&s, key, out, 7)).unwrap(),
+        Committed::Written
+    );
+    assert_eq!(s.record(&key).unwrap().unwrap().finished_ms, 7);
+    let creates = proxy.seen().into_iter().filter(record_create).count();
+    assert_eq!(creates, 2, "the create was retried once");
+}
+
+#[test]
+fn a_create_refused_with_409_is_tried_again() {
+    // AWS answers 409 ConditionalRequestConflict when a concurrent write raced ours — and
+    // then nothing of ours was written. Reading back finds nothing, so we create again.
+    let (_m, proxy, s) = through_faults(once(record_create, common::s3::Fault::Refuse(409)));
+    let key = Hash::of(b"conflict");
+    let out = s.put(b"o").unwrap();
+    let lease = held(s.try_lease(&key).unwrap());
+    assert_eq!(
+        lease.commit(&record(&s, key, out, 9)).unwrap(),
+        Committed::Written
+    );
+    assert_eq!(s.record(&key).unwrap().unwrap().finished_ms, 9);
+    assert_eq!(proxy.seen().into_iter().filter(record_create).count(), 2);
+}
+
+#[test]
+fn a_compare_and_swap_whose_answer_was_lost_is_ours_when_read_back() {
+    let swap = |r: &common::s3::Seen| {
+        r.method == "PUT" && r.header("if-match").is_some() && r.path.contains("/refs-v1/")
+    };
+    let (_m, proxy, s) = through_faults(once(swap, common::s3::Fault::LoseAnswer(503)));
+    let (r, _) = build_one(&s, "trial", b"first");
+    let mut newer = r.clone();
+    newer.stage_key = Hash::of(b"second build");
+    assert_eq!(s.set_ref(&newer).unwrap(), SetRef::Written);
+    assert_eq!(s.get_ref("trial").unwrap().unwrap(), newer);
+    assert_eq!(proxy.seen().into_iter().filter(swap).count(), 2);
+}

@@ -66,9 +66,15 @@ impl LeaseInfo {
         }
         true
     }
-    /// `host:pid`, for status lines.
+    /// `host:pid for 42s`: who holds it and since when, for status lines.
     pub fn holder(&self) -> String {
-        format!("{}:{}", self.host, self.pid)
+        let secs = now_ms().saturating_sub(self.acquired_ms) / 1000;
+        format!(
+            "{}:{} for {}",
+            self.host,
+            self.pid,
+            humantime::format_duration(Duration::from_secs(secs))
+        )
     }
 }
 
