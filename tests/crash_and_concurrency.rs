@@ -1,5 +1,5 @@
-//! The store under SIGKILL, under concurrent builders, and with a worker that stops
-//! heart-beating: each test runs twice, on a directory store (`dir::`) and on a bucket of a
+//! The store under SIGKILL, under concurrent builders, with a worker that stops heart-beating,
+//! with a corrupt byte, and under gc while it builds: each test runs twice, on a directory store (`dir::`) and on a bucket of a
 //! real S3-compatible server (`bucket::`).
 
 #![allow(clippy::print_stdout)]
@@ -46,7 +46,18 @@ both!(
     a_stopped_workers_lease_expires_and_is_taken_over,
     a_sigkilled_workers_lease_on_this_host_is_taken_over_at_once,
     failpoints_in_the_write_path_leave_a_consistent_store,
+    a_flipped_byte_is_reported_and_never_used,
+    gc_keeps_what_refs_reach_and_drops_the_rest,
+    gc_with_zero_grace_during_a_build_never_leaves_a_dangling_ref,
 );
+
+fn trial_items_computed(p: &Project) -> Vec<String> {
+    p.log_lines()
+        .into_iter()
+        .filter(|(f, item, _)| f == "trial" && item.contains("/base/"))
+        .map(|(_, item, _)| item)
+        .collect()
+}
 
 fn report_output(p: &Project) -> String {
     p.stage_ref("report").expect("report built")["output"]
@@ -238,4 +249,80 @@ fn failpoints_in_the_write_path_leave_a_consistent_store(b: Backend) {
             assert!(p.ok(&["status"]).lines().all(|l| l.contains("up to date")));
         }
     }
+}
+
+fn a_flipped_byte_is_reported_and_never_used(b: Backend) {
+    let reference = b.project(2, 5.0);
+    reference.ok(&["build", "report"]);
+    for run_verify in [true, false] {
+        let p = b.project(2, 5.0);
+        p.ok(&["build", "report"]);
+        // Flip a byte of one trial's output object.
+        let show: serde_json::Value =
+            serde_json::from_str(&p.ok(&["show", "trial/queue/base/1", "--json"])).unwrap();
+        let obj = show["outputs"]["trial"]["object"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        p.flip_a_byte(&obj);
+        p.clear_log();
+        if run_verify {
+            let v = p.run(&["verify"]);
+            assert_eq!(v.status.code(), Some(1));
+            let out = String::from_utf8_lossy(&v.stdout);
+            assert!(out.contains(&obj), "{out}");
+            assert!(p.ok(&["status"]).starts_with("trial    partial 11 of 12"));
+        } else {
+            // Force `report` to re-read every trial: change a training parameter.
+            p.set("train.epochs", "4");
+        }
+        let out = p.ok(&["build", "report"]);
+        assert!(
+            trial_items_computed(&p) == ["queue/base/1"],
+            "only the corrupt item is recomputed: {:?}\n{out}",
+            p.log_lines()
+        );
+        assert!(p.run(&["verify"]).status.success());
+        if run_verify {
+            assert_eq!(
+                p.stage_ref("report").unwrap()["output"],
+                reference.stage_ref("report").unwrap()["output"]
+            );
+        } else {
+            assert!(out.contains("healed"), "{out}");
+        }
+    }
+}
+
+fn gc_keeps_what_refs_reach_and_drops_the_rest(b: Backend) {
+    let p = b.project(2, 5.0);
+    p.ok(&["build", "report"]);
+    p.set("experiment.seed", "1");
+    p.ok(&["build", "report"]);
+    // With the default grace everything is fresh: nothing goes.
+    let kept = p.ok(&["gc"]);
+    assert!(kept.starts_with("removed 0 objects"), "{kept}");
+    let out = p.ok(&["gc", "--grace", "0s"]);
+    assert!(!out.starts_with("removed 0 objects"), "{out}");
+    assert!(p.run(&["verify"]).status.success());
+    assert!(p.ok(&["status"]).lines().all(|l| l.contains("up to date")));
+    p.clear_log();
+    p.ok(&["build", "report"]);
+    assert!(p.log_lines().is_empty());
+}
+
+fn gc_with_zero_grace_during_a_build_never_leaves_a_dangling_ref(b: Backend) {
+    let p = b.project(6, 5.0);
+    let mut b = p.spawn(&["build", "report", "-j", "2"], 8);
+    // Collect aggressively while the build runs: the worst case for a shared store.
+    while b.try_wait().unwrap().is_none() {
+        let _ = p.run(&["gc", "--grace", "0s"]);
+    }
+    // The build may have lost work to gc (a fresh object removed before its record), but it
+    // never commits a record without its objects, nor a ref without its records.
+    let v = p.run(&["verify"]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    p.ok(&["build", "report"]);
+    assert!(p.run(&["verify"]).status.success());
+    assert!(p.ok(&["status"]).lines().all(|l| l.contains("up to date")));
 }

@@ -93,53 +93,6 @@ fn a_parameter_change_is_explained_old_to_new() {
     assert!(st.contains("temperature"), "{st}");
 }
 
-#[test]
-fn a_flipped_byte_is_reported_and_never_used() {
-    let reference = Project::new(2, 5.0);
-    reference.ok(&["build", "report"]);
-    for run_verify in [true, false] {
-        let p = Project::new(2, 5.0);
-        p.ok(&["build", "report"]);
-        // Flip a byte of one trial's output object.
-        let show: serde_json::Value =
-            serde_json::from_str(&p.ok(&["show", "trial/queue/base/1", "--json"])).unwrap();
-        let obj = show["outputs"]["trial"]["object"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let path = p.path(&format!("store/objects-v1/{}/{obj}", &obj[..2]));
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[10] ^= 0x20;
-        std::fs::write(&path, bytes).unwrap();
-        p.clear_log();
-        if run_verify {
-            let v = p.run(&["verify"]);
-            assert_eq!(v.status.code(), Some(1));
-            let out = String::from_utf8_lossy(&v.stdout);
-            assert!(out.contains(&obj), "{out}");
-            assert!(p.ok(&["status"]).starts_with("trial    partial 11 of 12"));
-        } else {
-            // Force `report` to re-read every trial: change a training parameter.
-            p.set("train.epochs", "4");
-        }
-        let out = p.ok(&["build", "report"]);
-        assert!(
-            trial_items_computed(&p) == ["queue/base/1"],
-            "only the corrupt item is recomputed: {:?}\n{out}",
-            p.log_lines()
-        );
-        assert!(p.run(&["verify"]).status.success());
-        if run_verify {
-            assert_eq!(
-                p.stage_ref("report").unwrap()["output"],
-                reference.stage_ref("report").unwrap()["output"]
-            );
-        } else {
-            assert!(out.contains("healed"), "{out}");
-        }
-    }
-}
-
 fn refused(p: &Project, args: &[&str], want: &[&str]) {
     let o = p.run(args);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -257,41 +210,6 @@ fn a_missing_local_model_says_so_and_records_nothing() {
     );
     assert!(err.contains("nothing was recorded"), "{err}");
     assert!(p.records().is_empty());
-}
-
-#[test]
-fn gc_keeps_what_refs_reach_and_drops_the_rest() {
-    let p = Project::new(2, 5.0);
-    p.ok(&["build", "report"]);
-    p.set("experiment.seed", "1");
-    p.ok(&["build", "report"]);
-    // With the default grace everything is fresh: nothing goes.
-    let kept = p.ok(&["gc"]);
-    assert!(kept.starts_with("removed 0 objects"), "{kept}");
-    let out = p.ok(&["gc", "--grace", "0s"]);
-    assert!(!out.starts_with("removed 0 objects"), "{out}");
-    assert!(p.run(&["verify"]).status.success());
-    assert!(p.ok(&["status"]).lines().all(|l| l.contains("up to date")));
-    p.clear_log();
-    p.ok(&["build", "report"]);
-    assert!(p.log_lines().is_empty());
-}
-
-#[test]
-fn gc_with_zero_grace_during_a_build_never_leaves_a_dangling_ref() {
-    let p = Project::new(6, 5.0);
-    let mut b = p.spawn(&["build", "report", "-j", "2"], 8);
-    // Collect aggressively while the build runs: the worst case for a shared store.
-    while b.try_wait().unwrap().is_none() {
-        let _ = p.run(&["gc", "--grace", "0s"]);
-    }
-    // The build may have lost work to gc (a fresh object removed before its record), but it
-    // never commits a record without its objects, nor a ref without its records.
-    let v = p.run(&["verify"]);
-    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
-    p.ok(&["build", "report"]);
-    assert!(p.run(&["verify"]).status.success());
-    assert!(p.ok(&["status"]).lines().all(|l| l.contains("up to date")));
 }
 
 #[test]

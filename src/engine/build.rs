@@ -179,7 +179,11 @@ fn build_once(
                 Found::NeedsWork { ev, old } => (ev, old),
             };
             if opts.dry_run {
-                let cached = ev.keys.iter().filter(|k| store.has_record(k)).count();
+                let cached = store
+                    .records_present(&ev.keys)?
+                    .into_iter()
+                    .filter(|p| *p)
+                    .count();
                 rep.stages.push(StageRun {
                     target: name.into(),
                     total: ev.items.len(),
@@ -313,6 +317,8 @@ fn run_stage(
         total: n,
         ..Default::default()
     };
+    // Which items have a record already: one listing on a bucket, not a request per item.
+    let present = store.records_present(&ev.keys)?;
     for (i, (key, item)) in ev.keys.iter().zip(&ev.items).enumerate() {
         if let Some(e) = old_entries.get(key) {
             // Refresh: another process may point this stage's ref elsewhere meanwhile, and a
@@ -323,7 +329,7 @@ fn run_stage(
                 ..e.clone()
             });
             run.cached += 1;
-        } else if let Some(rec) = store.record(key)? {
+        } else if let Some(rec) = present[i].then(|| store.record(key)).transpose()?.flatten() {
             // Found outside the last build: refresh it so a concurrent gc keeps it.
             store.touch_record(key);
             *slots[i].lock().unwrap() = Some(entry(item, rec));
@@ -338,6 +344,7 @@ fn run_stage(
     let fatal: Mutex<Option<BuildError>> = Mutex::new(None);
     let failures: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
     let counts = Mutex::new((0usize, 0usize)); // (computed, by others)
+    let staggered = AtomicBool::new(false);
     let workers = opts.jobs.max(1).min(queue.lock().unwrap().len().max(1));
     std::thread::scope(|s| {
         for _ in 0..workers {
@@ -370,6 +377,7 @@ fn run_stage(
                             upstream,
                             key,
                             reporter,
+                            checkpoints: AtomicBool::new(false),
                         };
                         let out = stage.run(&job).map_err(|source| BuildError::Stage {
                             target: name.into(),
@@ -389,7 +397,9 @@ fn run_stage(
                             finished_ms: now_ms(),
                         };
                         let committed = lease.commit(&rec)?;
-                        store.drop_checkpoint(&key);
+                        if job.checkpoints.load(Ordering::Relaxed) {
+                            store.drop_checkpoint(&key);
+                        }
                         match committed {
                             Committed::Written => Ok(Some((entry(item, rec), true))),
                             Committed::AlreadyPresent => {
@@ -411,11 +421,16 @@ fn run_stage(
                         Ok(None) => {
                             // Leased by a live worker: look again later.
                             let wait = Duration::from_millis((25u64 << attempts.min(4)).min(400));
-                            queue.lock().unwrap().push_back((
-                                i,
-                                Instant::now() + wait,
-                                attempts + 1,
-                            ));
+                            let mut q = queue.lock().unwrap();
+                            q.push_back((i, Instant::now() + wait, attempts + 1));
+                            // The first busy item says other workers walk these items too, in
+                            // the same order: start elsewhere (an offset of this process's
+                            // own), so that N workers spread over the items instead of each
+                            // trying, one after another, what the others already hold.
+                            if !staggered.swap(true, Ordering::Relaxed) && q.len() > 1 {
+                                let at = stagger_offset(name) % q.len();
+                                q.rotate_left(at);
+                            }
                         }
                         Err(BuildError::Stage { source, .. })
                             if matches!(*source, StageError::Failed(_)) =>
@@ -457,6 +472,13 @@ fn run_stage(
 }
 
 /// Pop the first item whose wait is over; sleep briefly when all are waiting on others.
+/// Where this process starts in a stage's items once it finds others working on them.
+fn stagger_offset(stage: &str) -> usize {
+    let id = crate::store::Identity::current();
+    let h = Hash::of(format!("{stage}\0{}\0{}\0{}", id.host, id.pid, id.start_time).as_bytes());
+    u64::from_le_bytes(h.0[..8].try_into().expect("8 bytes")) as usize
+}
+
 fn next_ready(queue: &Mutex<VecDeque<(usize, Instant, u32)>>) -> Option<(usize, u32)> {
     loop {
         let wait = {

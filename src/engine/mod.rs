@@ -199,6 +199,9 @@ pub struct Job<'a> {
     pub key: Hash,
     /// Where progress goes.
     pub reporter: &'a dyn crate::progress::Reporter,
+    /// Whether the stage saved or looked for a checkpoint (only then is there one to drop:
+    /// on a bucket, a delete per item would be a request per item for nothing).
+    pub checkpoints: std::sync::atomic::AtomicBool,
 }
 
 impl Job<'_> {
@@ -233,11 +236,15 @@ impl Job<'_> {
     /// Save this item's progress (a long action resumes from it after a crash). The engine
     /// drops it once the item's record is committed.
     pub fn save_checkpoint(&self, bytes: &[u8]) -> Result<(), StageError> {
+        self.checkpoints
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(self.store.put_checkpoint(&self.key, bytes)?)
     }
 
     /// This item's last saved progress, if any (verified).
     pub fn checkpoint(&self) -> Option<Vec<u8>> {
+        self.checkpoints
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.store.get_checkpoint(&self.key)
     }
 

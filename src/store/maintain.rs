@@ -178,9 +178,10 @@ impl Store {
             removed_tmp: if dry_run { 0 } else { self.reap_tmp() },
             ..Default::default()
         };
-        // Fresh: written or refreshed within the grace, by the backend's clock (a bucket's
-        // LastModified), so a worker whose clock is off does not shorten it. A value gone
-        // since the listing counts as fresh: gc never acts on what it cannot see.
+        // Fresh: written or refreshed within the grace. The time is the one the backend stamped
+        // (a file's mtime, a bucket's LastModified) against this machine's clock: keep clocks
+        // within a small part of the grace (an hour by default). A value gone since the
+        // listing counts as fresh: gc never acts on what it cannot see.
         let now_ms = super::lease::now_ms();
         let grace_ms = grace.as_millis() as u64;
         let fresh_at = |m: &Meta| now_ms.saturating_sub(m.modified_ms) < grace_ms;

@@ -732,11 +732,19 @@ impl Store {
     }
 
     /// Which of `keys` have a record. In a directory one `stat` each (in parallel); on a
-    /// bucket one listing of the records (a page per 1,000), not a request per key.
+    /// bucket one listing of the records (a page per 1,000) rather than a request per key —
+    /// unless the bucket holds so many records that the listing would cost more (estimated
+    /// from one shard's listing: keys are spread evenly over 256 shards).
     pub fn records_present(&self, keys: &[Hash]) -> Result<Vec<bool>, StoreError> {
         use rayon::prelude::*;
+        let per_key = |keys: &[Hash]| keys.par_iter().map(|k| self.has_record(k)).collect();
         if self.root.is_some() || keys.len() <= 8 {
-            return Ok(keys.par_iter().map(|k| self.has_record(k)).collect());
+            return Ok(per_key(keys));
+        }
+        let shard = self.backend.list(&format!("{}/00/", dirs::ACTIONS))?.len();
+        let pages = (shard * 256).div_ceil(1000).max(1);
+        if pages * 4 > keys.len() {
+            return Ok(per_key(keys));
         }
         let listed: std::collections::HashSet<Hash> = self
             .backend

@@ -174,6 +174,18 @@ lease_ttl_s = 30
         pipe::store::Store::open_at(&at, opts).unwrap()
     }
 
+    /// Flip a bit of object `hex` behind the store's back (in a directory or a bucket alike).
+    pub fn flip_a_byte(&self, hex: &str) {
+        let store = self.store();
+        let key = pipe::store::Store::object_key(&hex.parse().unwrap());
+        let mut bytes = store.backend().get(&key).unwrap().unwrap().bytes;
+        bytes[10] ^= 0x20;
+        store
+            .backend()
+            .put(&key, &bytes, pipe::store::backend::Cond::Overwrite)
+            .unwrap();
+    }
+
     /// Wait (at most 20 s, then fail) until some worker holds a lease in the store.
     pub fn wait_for_a_lease(&self) {
         let store = self.store();
