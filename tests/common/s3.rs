@@ -153,11 +153,11 @@ impl FaultProxy {
     }
 }
 
+/// An HTTP message: its first line, headers and body.
+type Message = (String, Vec<(String, String)>, Vec<u8>);
+
 /// Read an HTTP message head (through the blank line) and its body by Content-Length.
-fn read_message(
-    r: &mut impl std::io::BufRead,
-    has_body: bool,
-) -> std::io::Result<Option<(String, Vec<(String, String)>, Vec<u8>)>> {
+fn read_message(r: &mut impl std::io::BufRead, has_body: bool) -> std::io::Result<Option<Message>> {
     let mut first = String::new();
     if r.read_line(&mut first)? == 0 {
         return Ok(None);
