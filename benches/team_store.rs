@@ -119,7 +119,7 @@ fn main() {
             .map(|w| w[1].started_ms.saturating_sub(w[0].finished_ms) as f64 / 1000.0)
             .collect();
         let gap_s = gaps.iter().sum::<f64>() / gaps.len().max(1) as f64;
-        eprintln!(
+        println!(
             "    item {item_s:.2} s from start to commit; {gap_s:.2} s between items of a worker"
         );
         let per: Vec<String> = sum
