@@ -22,8 +22,7 @@ use util::env_or;
 mod common;
 
 use common::s3::Moto;
-use common::scripted::{Reply, Request, Server, not_found, py};
-use common::{Project, TASKS, stack_tests_reply};
+use common::{Project, TASKS, slow_stack_server};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,16 +31,7 @@ fn main() {
     let trials: u32 = env_or("PIPE_BENCH_TRIALS", 6);
     let latency = Duration::from_millis(env_or("PIPE_BENCH_LATENCY_MS", 1000));
     let moto = Arc::new(Moto::start());
-    let server = Server::start(move |r: &Request| {
-        if !r.is_chat() {
-            not_found()
-        } else if r.is_tests_step() {
-            let n = r.body["seed"].as_u64().unwrap() % 100_000;
-            Reply::Slow(latency, stack_tests_reply(n))
-        } else {
-            Reply::Slow(latency, py("class Stack:\n    pass\n"))
-        }
-    });
+    let server = slow_stack_server(latency, "class Stack:\n    pass\n");
     let n_trials = 6 * trials as usize;
     println!(
         "{n_trials} trials (6 tasks × {trials}), model latency {} ms a request, each worker -j 1",

@@ -5,7 +5,7 @@
 #![allow(clippy::print_stdout)]
 
 mod common;
-use common::{Project, Rng, s3::Moto};
+use common::{Project, Rng, s3::Moto, trial_items_computed};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,14 +50,6 @@ both!(
     gc_keeps_what_refs_reach_and_drops_the_rest,
     gc_with_zero_grace_during_a_build_never_leaves_a_dangling_ref,
 );
-
-fn trial_items_computed(p: &Project) -> Vec<String> {
-    p.log_lines()
-        .into_iter()
-        .filter(|(f, item, _)| f == "trial" && item.contains("/base/"))
-        .map(|(_, item, _)| item)
-        .collect()
-}
 
 fn report_output(p: &Project) -> String {
     p.stage_ref("report").expect("report built")["output"]

@@ -1,15 +1,7 @@
 //! What invalidates what, what a corrupt byte does, and how bad input is refused.
 
 mod common;
-use common::Project;
-
-fn trial_items_computed(p: &Project) -> Vec<String> {
-    p.log_lines()
-        .into_iter()
-        .filter(|(f, item, _)| f == "trial" && item.contains("/base/"))
-        .map(|(_, item, _)| item)
-        .collect()
-}
+use common::{Project, trial_items_computed};
 
 #[test]
 fn changing_one_task_invalidates_only_its_items() {

@@ -4,8 +4,8 @@
 
 mod common;
 use common::s3::{Moto, SECRET};
-use common::scripted::{IMPL, Reply, Request, Server, not_found, py};
-use common::{Project, TASKS, stack_tests_reply};
+use common::scripted::{IMPL, Server};
+use common::{Project, TASKS, slow_stack_server};
 use std::collections::HashMap;
 use std::process::{Child, Stdio};
 use std::sync::Arc;
@@ -13,19 +13,9 @@ use std::time::{Duration, Instant};
 
 /// Every task gets the stack's tests and implementation (other tasks' trials then fail their
 /// implementation step: a failed trial is computed and recorded like a passed one), each reply
-/// after a fixed latency, as from a busy server.
+/// after 150 ms, as from a busy server.
 fn server() -> Server {
-    Server::start(|r: &Request| {
-        let latency = Duration::from_millis(150);
-        if !r.is_chat() {
-            not_found()
-        } else if r.is_tests_step() {
-            let n = r.body["seed"].as_u64().unwrap() % 100_000;
-            Reply::Slow(latency, stack_tests_reply(n))
-        } else {
-            Reply::Slow(latency, py(IMPL))
-        }
-    })
+    slow_stack_server(Duration::from_millis(150), IMPL)
 }
 
 fn worker(p: &Project) -> Child {

@@ -707,6 +707,34 @@ pub fn passing_stack_server() -> scripted::Server {
     })
 }
 
+/// A server that answers every task with `stack` tests (each trial its own, by seed) and
+/// `implementation`, each reply after `latency`, as a busy server would.
+pub fn slow_stack_server(
+    latency: std::time::Duration,
+    implementation: &'static str,
+) -> scripted::Server {
+    use scripted::{Reply, Request, Server, not_found, py};
+    Server::start(move |r: &Request| {
+        if !r.is_chat() {
+            not_found()
+        } else if r.is_tests_step() {
+            let n = r.body["seed"].as_u64().unwrap() % 100_000;
+            Reply::Slow(latency, stack_tests_reply(n))
+        } else {
+            Reply::Slow(latency, py(implementation))
+        }
+    })
+}
+
+/// The items of `trial`'s base arm that the synthetic stages computed, in order.
+pub fn trial_items_computed(p: &Project) -> Vec<String> {
+    p.log_lines()
+        .into_iter()
+        .filter(|(f, item, _)| f == "trial" && item.contains("/base/"))
+        .map(|(_, item, _)| item)
+        .collect()
+}
+
 /// A project whose `stack` trials come from `url` and whose training fine-tunes SmolLM2 (the
 /// local model `s`) in process: one short epoch, a checkpoint at every step.
 pub fn smollm2_training_project(url: &str, trials: u32) -> Project {
