@@ -180,6 +180,15 @@ fn a_stopped_workers_lease_expires_and_is_taken_over(b: Backend) {
         st.contains(&format!(":{}", a.id())) && st.contains("running 1"),
         "status must name the holder: {st}"
     );
+    let json: serde_json::Value = serde_json::from_str(&p.ok(&["status", "--json"])).unwrap();
+    let running = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|t| t["running"].as_array())
+        .expect("a stage with running items");
+    assert_eq!(running[0]["pid"], a.id(), "{json}");
+    assert!(running[0]["since_ms"].as_u64().unwrap() > 0);
     // B finishes everything, including A's item once its lease expires.
     let t1 = Instant::now();
     let b = p.cmd(&["build", "trial", "-j", "2"]).output().unwrap();

@@ -513,11 +513,20 @@ fn a_store_copies_into_the_other_backend_and_back() {
     // Again: everything is there already.
     let again = src.copy_to(&bucket, 8, &nothing).unwrap();
     assert_eq!((again.objects, again.records), (0, 0), "{again:?}");
+    // A destination that moved on keeps its own ref: copying an older store never rolls it back.
+    let (newer, _) = build_one(&bucket, "trial", b"the team's newer build");
+    let kept = src.copy_to(&bucket, 8, &nothing).unwrap();
+    assert_eq!((kept.refs, kept.refs_kept), (0, 1), "{kept:?}");
+    assert_eq!(bucket.get_ref("trial").unwrap().unwrap(), newer);
     // And back into a new directory.
     let back = Place::dir();
     let dst = back.open(TTL);
     bucket.copy_to(&dst, 8, &nothing).unwrap();
-    assert_eq!(dst.get_ref("trial").unwrap().unwrap(), r);
+    assert_eq!(dst.get_ref("trial").unwrap().unwrap(), newer);
+    assert!(
+        dst.record(&key).unwrap().is_some(),
+        "the older build's records come along"
+    );
     assert_eq!(dst.get(&big_id).unwrap(), big);
     assert!(dst.verify().unwrap().is_clean());
 }
@@ -607,4 +616,33 @@ fn a_compare_and_swap_whose_answer_was_lost_is_ours_when_read_back() {
     assert_eq!(s.set_ref(&newer).unwrap(), SetRef::Written);
     assert_eq!(s.get_ref("trial").unwrap().unwrap(), newer);
     assert_eq!(proxy.seen().into_iter().filter(swap).count(), 2);
+}
+
+#[test]
+fn an_object_that_cannot_be_read_now_stops_verify_and_is_not_quarantined() {
+    use common::s3::Fault;
+    // Every read of objects fails with 503 (after the client's own retries): a bucket having
+    // a bad minute, not a corrupt object.
+    let (_m, _proxy, s) = through_faults(|r, _| {
+        if r.method == "GET" && r.path.contains("/objects-v1/") {
+            Fault::Refuse(503)
+        } else {
+            Fault::Pass
+        }
+    });
+    let (_, key) = build_one(&s, "trial", b"fine");
+    assert!(s.verify().is_err(), "verify must stop, not judge");
+    assert!(s.backend().list("quarantine-v1/").unwrap().is_empty());
+    assert!(s.has_record(&key) && s.get_ref("trial").unwrap().is_some());
+    assert!(
+        s.gc(Duration::ZERO, false).is_err(),
+        "gc must stop, not sweep"
+    );
+    assert!(s.has_record(&key));
+    assert!(
+        s.backend()
+            .head(&Store::object_key(&Hash::of(b"fine")))
+            .unwrap()
+            .is_some()
+    );
 }

@@ -188,7 +188,7 @@ pub fn status(st: &[StageStatus], as_json: bool) {
                     let who: Vec<String> = running
                         .iter()
                         .take(3)
-                        .map(|(item, holder)| format!("{item} by {holder}"))
+                        .map(|r| format!("{} by {}", r.item, r.holder))
                         .collect();
                     l.push_str(&format!(", running {}: {}", running.len(), who.join(", ")));
                     if running.len() > 3 {
@@ -283,6 +283,12 @@ pub fn store_copy(rep: &pipe::store::copy::CopyReport, to: &str, as_json: bool) 
         rep.refs,
         rep.probes
     ));
+    if rep.refs_kept > 0 {
+        out(&format!(
+            "kept {} of {to}'s own refs: it holds other builds of those targets",
+            rep.refs_kept
+        ));
+    }
 }
 
 pub fn gc(rep: &GcReport, as_json: bool, dry_run: bool) {

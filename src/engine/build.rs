@@ -10,7 +10,6 @@ use crate::store::lease::now_ms;
 use crate::store::{
     Acquire, ActionRecord, Committed, Manifest, ManifestEntry, Ref, Store, StoreError,
 };
-use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -257,9 +256,11 @@ fn build_stage(
             rep.failures.extend(failures);
             return Ok(None);
         }
-        let lost = entries
-            .par_iter()
-            .filter(|e| !store.has_record(&e.key))
+        let keys: Vec<Hash> = entries.iter().map(|e| e.key).collect();
+        let lost = store
+            .records_present(&keys)?
+            .into_iter()
+            .filter(|p| !*p)
             .count();
         if lost == 0 || passes == 3 {
             rep.stages.push(run);
@@ -396,7 +397,21 @@ fn run_stage(
                             started_ms: started,
                             finished_ms: now_ms(),
                         };
-                        let committed = lease.commit(&rec)?;
+                        let committed = match lease.commit(&rec) {
+                            // An output vanished before the record could name it (a gc that
+                            // judged it unreachable: a large object reused from a bucket is
+                            // not refreshed). Compute the item again, a few times at most.
+                            Err(StoreError::MissingOutput { output, object, .. })
+                                if attempts < 3 =>
+                            {
+                                tracing::warn!(
+                                    "{name} {}: output {output} ({object}) vanished before the commit; computing it again",
+                                    item.id
+                                );
+                                return Ok(None);
+                            }
+                            other => other?,
+                        };
                         if job.checkpoints.load(Ordering::Relaxed) {
                             store.drop_checkpoint(&key);
                         }

@@ -8,6 +8,21 @@ use crate::key::Hash;
 use crate::store::{Store, StoreError};
 use serde::Serialize;
 
+/// An item a live worker is computing.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Running {
+    /// The item.
+    pub item: String,
+    /// The worker's host.
+    pub host: String,
+    /// The worker's process id.
+    pub pid: u32,
+    /// Unix ms when it took the item.
+    pub since_ms: u64,
+    /// `host:pid for 2m 5s`, for people.
+    pub holder: String,
+}
+
 /// Where a target stands.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -23,8 +38,8 @@ pub enum StageState {
         done: usize,
         /// All.
         total: usize,
-        /// Items being computed now, with their lease holder (`host:pid`).
-        running: Vec<(String, String)>,
+        /// Items being computed now, and by whom.
+        running: Vec<Running>,
     },
     /// Built before, but its inputs changed and nothing of the new build exists yet.
     Stale {
@@ -90,13 +105,21 @@ pub fn status(
                     .count();
                 let total = ev.items.len();
                 let leases = store.live_leases()?;
-                let running: Vec<(String, String)> = ev
+                let running: Vec<Running> = ev
                     .keys
                     .iter()
                     .zip(&ev.items)
                     .zip(&present)
                     .filter(|(_, p)| !**p)
-                    .filter_map(|((k, it), _)| leases.get(k).map(|l| (it.id.clone(), l.holder())))
+                    .filter_map(|((k, it), _)| {
+                        leases.get(k).map(|l| Running {
+                            item: it.id.clone(),
+                            host: l.host.clone(),
+                            pid: l.pid,
+                            since_ms: l.acquired_ms,
+                            holder: l.holder(),
+                        })
+                    })
                     .collect();
                 if done == total {
                     // Complete but its ref was not yet written (a build stopped just before

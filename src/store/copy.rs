@@ -1,7 +1,11 @@
 //! `pipe copy`: a store's contents into another store — a directory into a team's bucket, or
-//! a bucket into a directory to work offline. Objects first (each verified against its name on
-//! the way), then records (create-if-absent: a record already there stays), then refs (compare
-//! and swap), so the destination never names something it lacks, at any moment of the copy.
+//! a bucket into a directory to work offline. The source is listed in the reverse of the order
+//! its writers commit in — refs, then records, then objects — so that a build committing during
+//! the copy can add nothing to a later listing that an earlier one names without it; then
+//! objects are copied first (each verified against its name), then records (create-if-absent:
+//! a record already there stays), then refs, so the destination never names something it
+//! lacks, at any moment of the copy. A ref the destination already has for a *different* build
+//! is kept (a team's bucket that moved on is not rolled back by copying an older store into it).
 //! Leases, checkpoints and quarantine stay behind: they describe work, not results.
 
 use super::backend::Cond;
@@ -26,6 +30,8 @@ pub struct CopyReport {
     pub records_present: usize,
     /// Refs set.
     pub refs: usize,
+    /// Refs kept because the destination has its own for another build.
+    pub refs_kept: usize,
     /// Model-server probes copied.
     pub probes: usize,
 }
@@ -49,8 +55,9 @@ impl Store {
             .map_err(|e| StoreError::Corrupt {
                 what: format!("thread pool: {e}"),
             })?;
-        let objects = self.backend().list(&format!("{}/", dirs::OBJECTS))?;
+        let refs = self.refs()?;
         let records = self.backend().list(&format!("{}/", dirs::ACTIONS))?;
+        let objects = self.backend().list(&format!("{}/", dirs::OBJECTS))?;
         let total = objects.len() + records.len();
         let done = AtomicUsize::new(0);
         let step = || tick(done.fetch_add(1, Ordering::Relaxed) + 1, total);
@@ -116,9 +123,14 @@ impl Store {
         })?;
         rep.records = written.into_inner();
         rep.records_present = present.into_inner();
-        for r in self.refs()? {
-            dest.set_ref(&r)?;
-            rep.refs += 1;
+        for r in refs {
+            match dest.get_ref(&r.stage)? {
+                Some(theirs) if theirs.stage_key != r.stage_key => rep.refs_kept += 1,
+                _ => {
+                    dest.set_ref(&r)?;
+                    rep.refs += 1;
+                }
+            }
         }
         for m in self.backend().list(&format!("{}/", dirs::PROBES))? {
             if let Some(b) = self.backend().get(&m.key)? {

@@ -8,9 +8,10 @@
 //! writer's, and since every renewal changes the bytes, an old version (an S3 ETag is the MD5
 //! of the bytes) never matches again. A lease is dead when its expiry has passed, or at
 //! once when its holder is on this host (same boot) and its process is gone. A dead generation
-//! `g` is taken over by creating `g + 1`, which only one process can do. Nothing here uses
-//! `flock`, so it works the same on a directory shared between machines, given clocks that
-//! agree to well within the TTL.
+//! `g` is taken over by creating `g + 1`, which only one process can do. Taking and releasing
+//! never lock anything (a directory store's renewal swaps under a short `flock` where the
+//! filesystem has one), so it works the same on a directory shared between machines and on a
+//! bucket, given clocks that agree to well within the TTL.
 
 use super::backend::{Backend, Cond, Put, Version};
 use super::{ActionRecord, Store, StoreError};
@@ -415,7 +416,11 @@ impl Keeper {
     fn run(&self) {
         loop {
             let mut sleep = Duration::from_millis(100);
-            {
+            // Pick the renewals that are due under the lock; write them outside it, each in its
+            // own thread, so that one slow request (a bucket retrying) neither delays the other
+            // leases' renewals nor blocks taking and releasing leases meanwhile. A release that
+            // lands first makes the renewal's compare-and-swap fail: nothing is resurrected.
+            let due: Vec<(String, Held)> = {
                 let mut held = self.held.lock().unwrap();
                 let now = now_ms();
                 // A lease that expired before we could renew it may have been taken over:
@@ -427,8 +432,8 @@ impl Keeper {
                     }
                     alive
                 });
-                let mut lost = Vec::new();
-                for (path, (info, version, store)) in held.iter_mut() {
+                let mut due = Vec::new();
+                for (path, (info, version, store)) in held.iter() {
                     let third = store.ttl / 3;
                     sleep = sleep.min((third / 2).max(Duration::from_millis(20)));
                     if info.expires_ms.saturating_sub(now) <= (store.ttl - third).as_millis() as u64
@@ -436,28 +441,46 @@ impl Keeper {
                         let mut next = info.clone();
                         next.expires_ms = now + store.ttl.as_millis() as u64;
                         next.renewals += 1;
-                        let bytes = serde_json::to_vec(&next).expect("lease serialises");
-                        match store
-                            .backend
-                            .put(path, &bytes, Cond::IfMatch(version.clone()))
-                        {
-                            Ok(Put::Written(v)) => {
-                                *info = next;
-                                *version = v;
-                            }
-                            Ok(_) => {
-                                // Removed or rewritten by someone else: no longer ours.
-                                tracing::warn!("lease {path} changed under its holder; given up");
-                                lost.push(path.clone());
-                            }
-                            Err(e) => tracing::warn!("lease heartbeat {path}: {e}"),
-                        }
+                        due.push((path.clone(), (next, version.clone(), store.clone())));
                     }
                 }
-                for p in lost {
-                    held.remove(&p);
+                due
+            };
+            let results: Vec<_> = std::thread::scope(|s| {
+                let handles: Vec<_> = due
+                    .iter()
+                    .map(|(path, (next, version, store))| {
+                        s.spawn(move || {
+                            let bytes = serde_json::to_vec(next).expect("lease serialises");
+                            store
+                                .backend
+                                .put(path, &bytes, Cond::IfMatch(version.clone()))
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join()).collect()
+            });
+            let mut held = self.held.lock().unwrap();
+            for ((path, (next, used, _)), res) in due.into_iter().zip(results) {
+                // Released meanwhile (or taken again, with another version): not ours to touch.
+                let Some(entry) = held.get_mut(&path).filter(|e| e.1 == used) else {
+                    continue;
+                };
+                match res {
+                    Ok(Ok(Put::Written(v))) => {
+                        entry.0 = next;
+                        entry.1 = v;
+                    }
+                    Ok(Ok(_)) => {
+                        // Removed or rewritten by someone else: no longer ours.
+                        tracing::warn!("lease {path} changed under its holder; given up");
+                        held.remove(&path);
+                    }
+                    Ok(Err(e)) => tracing::warn!("lease heartbeat {path}: {e}"),
+                    Err(_) => tracing::warn!("lease heartbeat {path}: the renewal panicked"),
                 }
             }
+            drop(held);
             std::thread::sleep(sleep);
         }
     }

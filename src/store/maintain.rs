@@ -99,26 +99,31 @@ impl Store {
         let mut rep = VerifyReport::default();
         let objects = under(self, dirs::OBJECTS)?;
         rep.objects = objects.len();
-        let corrupt: Vec<(String, String)> = objects
+        // Only what is provably corrupt is quarantined: a value that cannot be read right now
+        // (a timeout, an I/O error) stops verify with that error instead.
+        let checked: Result<Vec<Option<(String, String)>>, StoreError> = objects
             .par_iter()
-            .filter_map(|m| {
-                let name = m.key.rsplit('/').next()?.to_string();
-                let ok = match named(&m.key) {
-                    // Streamed: a multi-GB model is hashed without being held.
-                    Some(h) => match self.backend().open(&m.key) {
-                        Ok(Some(mut f)) => {
-                            let mut hasher = blake3::Hasher::new();
-                            hasher.update_reader(&mut f).is_ok()
-                                && Hash(*hasher.finalize().as_bytes()) == h
-                        }
-                        Ok(None) => true, // removed meanwhile by gc
-                        Err(_) => false,
-                    },
-                    None => false,
+            .map(|m| {
+                let name = m.key.rsplit('/').next().unwrap_or_default().to_string();
+                let Some(h) = named(&m.key) else {
+                    return Ok(Some((m.key.clone(), name)));
                 };
-                (!ok).then(|| (m.key.clone(), name))
+                // Streamed: a multi-GB model is hashed without being held.
+                let Some(mut f) = self.backend().open(&m.key)? else {
+                    return Ok(None); // removed meanwhile by gc
+                };
+                let mut hasher = blake3::Hasher::new();
+                hasher
+                    .update_reader(&mut f)
+                    .map_err(|source| StoreError::Io {
+                        path: m.key.clone().into(),
+                        source,
+                    })?;
+                let ok = Hash(*hasher.finalize().as_bytes()) == h;
+                Ok((!ok).then(|| (m.key.clone(), name)))
             })
             .collect();
+        let corrupt: Vec<(String, String)> = checked?.into_iter().flatten().collect();
         for (p, name) in corrupt {
             quarantine(self, &p, "objects")?;
             rep.corrupt_objects.push(name);
@@ -131,18 +136,27 @@ impl Store {
             let problem = match key {
                 None => Some("file name is not a key".to_string()),
                 Some(key) => match self.record(&key) {
-                    Err(e) => Some(e.to_string()),
+                    Err(e @ StoreError::Corrupt { .. }) => Some(e.to_string()),
+                    Err(e) => return Err(e),
                     Ok(None) => None, // removed meanwhile by gc
-                    Ok(Some(rec)) => rec
-                        .outputs
-                        .values()
-                        .chain(std::iter::once(&rec.common))
-                        .find(|id| !self.has_object(id))
-                        .map(|id| format!("names object {id}, which is missing or corrupt"))
-                        .or_else(|| {
-                            good_records.insert(key);
-                            None
-                        }),
+                    Ok(Some(rec)) => {
+                        let mut missing = None;
+                        for id in rec.outputs.values().chain(std::iter::once(&rec.common)) {
+                            if !self.object_present(id)? {
+                                missing = Some(*id);
+                                break;
+                            }
+                        }
+                        match missing {
+                            Some(id) => {
+                                Some(format!("names object {id}, which is missing or corrupt"))
+                            }
+                            None => {
+                                good_records.insert(key);
+                                None
+                            }
+                        }
+                    }
                 },
             };
             if let Some(why) = problem {
@@ -153,15 +167,27 @@ impl Store {
         for r in self.refs()? {
             rep.refs += 1;
             let problem = match self.manifest(&r.manifest) {
-                Err(e) => Some(e.to_string()),
-                Ok(m) => m
-                    .entries
-                    .iter()
-                    .find(|e| !good_records.contains(&e.key) && !self.has_record(&e.key))
-                    .map(|e| format!("item {} lost its record", e.id))
-                    .or_else(|| {
-                        (!self.has_object(&r.common)).then(|| "common object missing".to_string())
-                    }),
+                Err(e @ (StoreError::MissingObject(_) | StoreError::CorruptObject { .. })) => {
+                    Some(e.to_string())
+                }
+                Err(e @ StoreError::Corrupt { .. }) => Some(e.to_string()),
+                Err(e) => return Err(e),
+                Ok(m) => {
+                    let mut lost = None;
+                    for e in &m.entries {
+                        if !good_records.contains(&e.key)
+                            && self.backend().head(&Store::record_key(&e.key))?.is_none()
+                        {
+                            lost = Some(format!("item {} lost its record", e.id));
+                            break;
+                        }
+                    }
+                    match lost {
+                        Some(l) => Some(l),
+                        None => (!self.object_present(&r.common)?)
+                            .then(|| "common object missing".to_string()),
+                    }
+                }
             };
             if let Some(why) = problem {
                 self.drop_ref(&r.stage)?;
@@ -271,7 +297,13 @@ impl Store {
                 continue;
             }
             if sizes.get(&id).is_some_and(|s| *s <= 64 << 20)
-                && let Ok(bytes) = self.get(&id)
+                && let Some(bytes) = match self.get(&id) {
+                    Ok(b) => Some(b),
+                    // Gone or corrupt: it names nothing we could follow.
+                    Err(StoreError::MissingObject(_) | StoreError::CorruptObject { .. }) => None,
+                    // Unreadable now (a timeout): what it names cannot be told unreachable.
+                    Err(e) => return Err(e),
+                }
                 && let Ok(v) = serde_json::from_slice::<Value>(&bytes)
             {
                 let mut refs = Vec::new();
@@ -309,7 +341,14 @@ impl Store {
                     let mut named: Vec<Hash> = rec.outputs.values().copied().collect();
                     named.push(rec.common);
                     obj_refs(&rec.ingredients, &mut named);
-                    let missing = named.iter().any(|id| !self.has_object(id));
+                    let mut missing = false;
+                    for id in &named {
+                        // An error is not "missing": gc never deletes on a guess.
+                        if !self.object_present(id)? {
+                            missing = true;
+                            break;
+                        }
+                    }
                     if missing {
                         rep.removed_records += 1;
                         let _ = self.backend().delete(&p);

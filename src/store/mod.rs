@@ -549,9 +549,16 @@ impl Store {
         object_key(id)
     }
 
-    /// Whether an object is present (not verified).
+    /// Whether an object is present (not verified); an error reads as absent — for callers
+    /// for which absent is the safe side.
     pub fn has_object(&self, id: &Hash) -> bool {
         matches!(self.backend.head(&object_key(id)), Ok(Some(_)))
+    }
+
+    /// Whether an object is present, or the error that kept us from knowing (gc and verify
+    /// must not act on a guess).
+    pub fn object_present(&self, id: &Hash) -> Result<bool, StoreError> {
+        Ok(self.backend.head(&object_key(id))?.is_some())
     }
 
     /// Put bytes; returns their hash. A present object is not rewritten in a directory (only
@@ -836,8 +843,10 @@ impl Store {
                 }
                 Ok(Some((_, v))) => Cond::IfMatch(v),
                 Ok(None) => Cond::IfAbsent,
-                // An unreadable ref is replaced (verify would drop it anyway).
-                Err(_) => Cond::Overwrite,
+                // A ref that is not a ref is replaced (verify would drop it anyway); a ref we
+                // could not read (a timeout) is not: it may be another worker's newer build.
+                Err(StoreError::Corrupt { .. }) => Cond::Overwrite,
+                Err(e) => return Err(e),
             };
             if let Put::Written(_) = self.backend.put(&key, &bytes, cond)? {
                 return Ok(SetRef::Written);

@@ -92,6 +92,37 @@ fn bump(kind: fn(&Counts) -> &AtomicU64, mine: &Counts, n: u64) {
     kind(&PROCESS).fetch_add(n, Ordering::Relaxed);
 }
 
+/// This user's staging directory in the system's temp directory: created 0700, and refused
+/// when someone else owns it or can read it (staged uploads would be theirs to read or swap).
+fn private_staging() -> Result<PathBuf, StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let dir = std::env::temp_dir().join(format!("pipe-staging-{uid}"));
+    let io = |source| StoreError::Io {
+        path: dir.clone(),
+        source,
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(e)),
+    }
+    let m = std::fs::symlink_metadata(&dir).map_err(io)?;
+    if !m.is_dir() || m.uid() != uid {
+        return Err(io(std::io::Error::other(
+            "the bucket's staging directory is not this user's own; remove it or set TMPDIR \
+             elsewhere",
+        )));
+    }
+    if m.mode() & 0o077 != 0 {
+        // Ours, but open to others (made by an older pipe, or by hand): close it.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    }
+    Ok(dir)
+}
+
 impl Bucket {
     /// Open `url` (`s3://bucket` or `s3://bucket/prefix`). The endpoint, region and
     /// credentials come from the usual `AWS_*` variables; an `http://` endpoint (a server on
@@ -117,7 +148,7 @@ impl Bucket {
         let var = |name: &str| {
             aws.iter()
                 .rev()
-                .find(|(k, _)| k == name)
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.clone())
                 .or_else(|| std::env::var(name).ok())
         };
@@ -143,12 +174,17 @@ impl Bucket {
         if var("AWS_REGION").is_none() && var("AWS_DEFAULT_REGION").is_none() {
             b = b.with_region("us-east-1");
         }
-        let secrets = ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
+        let secrets: Vec<String> = ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
             .iter()
             .filter_map(|v| var(v))
             .filter(|s| s.len() >= 4)
             .collect();
-        let s3 = b.build().map_err(|e| bad(e.to_string()))?;
+        let scrub = |m: String| {
+            secrets
+                .iter()
+                .fold(m, |m, s: &String| m.replace(s.as_str(), "[secret]"))
+        };
+        let s3 = b.build().map_err(|e| bad(scrub(e.to_string())))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("pipe-bucket")
@@ -157,12 +193,7 @@ impl Bucket {
             .map_err(|e| bad(e.to_string()))?;
         // Temp files of uploads and downloads: one directory per user, reaped like a directory
         // store's tmp-v1 (the names carry host, pid and start time).
-        let uid = unsafe { libc::getuid() };
-        let staging = std::env::temp_dir().join(format!("pipe-staging-{uid}"));
-        std::fs::create_dir_all(&staging).map_err(|source| StoreError::Io {
-            path: staging.clone(),
-            source,
-        })?;
+        let staging = private_staging()?;
         let prefix = prefix.trim_matches('/');
         Ok(Bucket {
             url: url.to_string(),
@@ -379,19 +410,29 @@ impl Backend for Bucket {
                     let upload = self.s3.put_multipart(&path).await?;
                     let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
                     let mut buf = vec![0u8; PART];
-                    loop {
-                        let n = f.read(&mut buf).map_err(|e| object_store::Error::Generic {
-                            store: "local",
-                            source: Box::new(e),
-                        })?;
-                        if n == 0 {
-                            break;
+                    let sent: Result<(), object_store::Error> = async {
+                        loop {
+                            let n = f.read(&mut buf).map_err(|e| object_store::Error::Generic {
+                                store: "local",
+                                source: Box::new(e),
+                            })?;
+                            if n == 0 {
+                                return Ok(());
+                            }
+                            bump(|c| &c.put, &self.counts, 1);
+                            w.wait_for_capacity(2).await?;
+                            w.write(&buf[..n]);
                         }
-                        bump(|c| &c.put, &self.counts, 1);
-                        w.wait_for_capacity(2).await?;
-                        w.write(&buf[..n]);
                     }
-                    w.finish().await.map(|_| ())
+                    .await;
+                    match sent {
+                        Ok(()) => w.finish().await.map(|_| ()),
+                        Err(e) => {
+                            // Parts already uploaded are kept (and billed) until aborted.
+                            let _ = w.abort().await;
+                            Err(e)
+                        }
+                    }
                 })
                 .map_err(|e| self.err("upload", key, e))
         })();

@@ -81,14 +81,37 @@ impl Dir {
     }
 
     fn swap(&self, path: &Path, bytes: &[u8], expected: &Version) -> Result<Put, StoreError> {
-        let f = match File::open(path) {
+        // Opened for writing too: on NFS, Linux turns `flock` into a POSIX lock, whose
+        // exclusive form needs a writable descriptor.
+        let f = match File::options().read(true).write(true).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Put::Mismatch),
             Err(e) => return Err(io_err(path)(e)),
         };
         // SAFETY: a valid open file descriptor; the lock goes with the file when it closes.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io_err(path)(io::Error::last_os_error()));
+            let e = io::Error::last_os_error();
+            // A filesystem without locks (Lustre without `-o flock`, some FUSE mounts): check
+            // the version and replace. Not atomic against a second swapper, which the store
+            // tolerates — a lease is only ever renewed by its holder, and two workers setting
+            // a ref at once set the same build or a newer one.
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::ENOLCK | libc::ENOSYS | libc::EINVAL | libc::EBADF | libc::EOPNOTSUPP)
+            ) {
+                return Err(io_err(path)(e));
+            }
+            let now = match fs::metadata(path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Put::Mismatch),
+                Err(e) => return Err(io_err(path)(e)),
+            };
+            if version_of(&now) != *expected {
+                return Ok(Put::Mismatch);
+            }
+            self.writer.write(path, bytes, Mode::Replace)?;
+            let m = fs::metadata(path).map_err(io_err(path))?;
+            return Ok(Put::Written(version_of(&m)));
         }
         let locked = f.metadata().map_err(io_err(path))?;
         let now = match fs::metadata(path) {
@@ -180,11 +203,25 @@ impl Backend for Dir {
     fn list(&self, prefix: &str) -> Result<Vec<Meta>, StoreError> {
         let dir = self.path(prefix);
         let mut out = Vec::new();
-        for e in walkdir::WalkDir::new(&dir)
-            .min_depth(1)
-            .into_iter()
-            .flatten()
-        {
+        if !dir.exists() {
+            return Ok(out);
+        }
+        for e in walkdir::WalkDir::new(&dir).min_depth(1) {
+            // An unreadable directory must not read as an empty one: gc would take what it
+            // holds for unreachable. A file removed while we walk is simply gone.
+            let e = match e {
+                Ok(e) => e,
+                Err(err) if err.io_error().map(|e| e.kind()) == Some(io::ErrorKind::NotFound) => {
+                    continue;
+                }
+                Err(err) => {
+                    let path = err.path().unwrap_or(&dir).to_path_buf();
+                    return Err(StoreError::Io {
+                        path,
+                        source: err.into(),
+                    });
+                }
+            };
             if !e.file_type().is_file() {
                 continue;
             }
