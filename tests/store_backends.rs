@@ -646,3 +646,22 @@ fn an_object_that_cannot_be_read_now_stops_verify_and_is_not_quarantined() {
             .is_some()
     );
 }
+
+#[test]
+fn a_bucket_that_does_not_exist_is_named_with_what_to_do() {
+    let m = Moto::start();
+    let opts = StoreOptions {
+        aws: m.env(),
+        ..Default::default()
+    };
+    let err = Store::open_at(&Location::Bucket("s3://nobody-made-this/x".into()), opts)
+        .err()
+        .expect("no such bucket")
+        .to_string();
+    assert!(
+        err.contains("the bucket does not exist")
+            && err.contains("aws s3 mb s3://nobody-made-this"),
+        "{err}"
+    );
+    assert!(!err.contains(common::s3::SECRET));
+}

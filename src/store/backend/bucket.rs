@@ -218,6 +218,17 @@ impl Bucket {
     /// An error for `op` on `key`, with any secret blanked out.
     fn err(&self, op: &'static str, key: &str, e: impl std::fmt::Display) -> StoreError {
         let mut message = e.to_string();
+        if message.contains("NoSuchBucket") {
+            message = format!(
+                "the bucket does not exist: create it first (`aws s3 mb s3://{}`), or check \
+                 the URL and AWS_ENDPOINT_URL. The server said: {message}",
+                self.url
+                    .trim_start_matches("s3://")
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+            );
+        }
         for s in &self.secrets {
             message = message.replace(s.as_str(), "[secret]");
         }
@@ -236,12 +247,15 @@ impl Bucket {
 
     /// Write once with `mode`; `Ok(None)` when the outcome is unknown or the condition failed,
     /// which the caller resolves by reading back.
+    /// Write once with `mode`. `Ok(Err(why))` when the condition failed or the outcome is
+    /// unknown: a conditional caller resolves it by reading back, an unconditional one reports
+    /// `why`.
     fn put_once(
         &self,
         key: &str,
         bytes: &[u8],
         mode: PutMode,
-    ) -> Result<Option<Version>, StoreError> {
+    ) -> Result<Result<Version, String>, StoreError> {
         bump(|c| &c.put, &self.counts, 1);
         let opts = PutOptions {
             mode,
@@ -255,17 +269,17 @@ impl Bucket {
         {
             Ok(r) => {
                 crate::failpoint("bucket:written");
-                Ok(Some(self.version(key, r.e_tag)?))
+                Ok(Ok(self.version(key, r.e_tag)?))
             }
             Err(
-                object_store::Error::AlreadyExists { .. }
+                e @ (object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. }
-                | object_store::Error::NotFound { .. },
-            ) => Ok(None),
-            Err(object_store::Error::Generic { source, .. }) => {
+                | object_store::Error::NotFound { .. }),
+            ) => Ok(Err(e.to_string())),
+            Err(e @ object_store::Error::Generic { .. }) => {
                 // A timeout or a connection lost after sending: nobody knows whether it landed.
-                tracing::debug!("bucket put {key}: {source}; reading back");
-                Ok(None)
+                tracing::debug!("bucket put {key}: {e}; reading back");
+                Ok(Err(e.to_string()))
             }
             Err(e) => Err(self.err("write", key, e)),
         }
@@ -355,13 +369,13 @@ impl Backend for Bucket {
     fn put(&self, key: &str, bytes: &[u8], cond: Cond) -> Result<Put, StoreError> {
         match cond {
             Cond::Overwrite => match self.put_once(key, bytes, PutMode::Overwrite)? {
-                Some(v) => Ok(Put::Written(v)),
+                Ok(v) => Ok(Put::Written(v)),
                 // Unconditional and idempotent: object_store has retried what it could.
-                None => Err(self.err("write", key, "the write's outcome is unknown")),
+                Err(why) => Err(self.err("write", key, why)),
             },
             Cond::IfAbsent => {
                 for _ in 0..RESOLVE_ATTEMPTS {
-                    if let Some(v) = self.put_once(key, bytes, PutMode::Create)? {
+                    if let Ok(v) = self.put_once(key, bytes, PutMode::Create)? {
                         return Ok(Put::Written(v));
                     }
                     match self.get_inner(key)? {
@@ -378,7 +392,7 @@ impl Backend for Bucket {
                     e_tag: Some(v.0.clone()),
                     version: None,
                 });
-                if let Some(v) = self.put_once(key, bytes, mode)? {
+                if let Ok(v) = self.put_once(key, bytes, mode)? {
                     return Ok(Put::Written(v));
                 }
                 match self.get_inner(key)? {
