@@ -665,3 +665,49 @@ fn a_bucket_that_does_not_exist_is_named_with_what_to_do() {
     );
     assert!(!err.contains(common::s3::SECRET));
 }
+
+#[test]
+fn a_shared_aws_profile_gives_what_the_environment_does_not() {
+    let m = Moto::start();
+    let url = m.bucket("profiled");
+    let d = tempfile::tempdir().unwrap();
+    let (creds, config) = (d.path().join("credentials"), d.path().join("config"));
+    std::fs::write(
+        &creds,
+        format!(
+            "[default]\naws_access_key_id = wrong\n\n[team]\naws_access_key_id = team-key\naws_secret_access_key = {}\n",
+            common::s3::SECRET
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[profile team]\nregion = eu-west-1\nendpoint_url = {}\n",
+            m.endpoint()
+        ),
+    )
+    .unwrap();
+    let with = |profile: &str| StoreOptions {
+        aws: vec![
+            ("AWS_PROFILE".into(), profile.into()),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE".into(),
+                creds.display().to_string(),
+            ),
+            ("AWS_CONFIG_FILE".into(), config.display().to_string()),
+        ],
+        ..Default::default()
+    };
+    // Endpoint, region and keys all from the profile (without them the client would ask
+    // real AWS, or instance metadata, which this machine cannot reach).
+    let s = Store::open_at(&Location::Bucket(url.clone()), with("team")).unwrap();
+    let id = s.put(b"through a profile").unwrap();
+    assert_eq!(s.get(&id).unwrap(), b"through a profile");
+    let err = Store::open_at(&Location::Bucket(url), with("nobody"))
+        .err()
+        .expect("an unknown profile")
+        .to_string();
+    assert!(err.contains("\"nobody\""), "{err}");
+    assert!(!err.contains(common::s3::SECRET));
+}

@@ -101,28 +101,41 @@ impl Store {
         rep.objects = objects.len();
         // Only what is provably corrupt is quarantined: a value that cannot be read right now
         // (a timeout, an I/O error) stops verify with that error instead.
-        let checked: Result<Vec<Option<(String, String)>>, StoreError> = objects
-            .par_iter()
-            .map(|m| {
-                let name = m.key.rsplit('/').next().unwrap_or_default().to_string();
-                let Some(h) = named(&m.key) else {
-                    return Ok(Some((m.key.clone(), name)));
-                };
-                // Streamed: a multi-GB model is hashed without being held.
-                let Some(mut f) = self.backend().open(&m.key)? else {
-                    return Ok(None); // removed meanwhile by gc
-                };
-                let mut hasher = blake3::Hasher::new();
-                hasher
-                    .update_reader(&mut f)
-                    .map_err(|source| StoreError::Io {
-                        path: m.key.clone().into(),
-                        source,
-                    })?;
-                let ok = Hash(*hasher.finalize().as_bytes()) == h;
-                Ok((!ok).then(|| (m.key.clone(), name)))
+        // A bucket's reads wait on the network: more at a time than there are cores.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(if self.root().is_some() {
+                rayon::current_num_threads()
+            } else {
+                16
             })
-            .collect();
+            .build()
+            .map_err(|e| StoreError::Corrupt {
+                what: format!("thread pool: {e}"),
+            })?;
+        let checked: Result<Vec<Option<(String, String)>>, StoreError> = pool.install(|| {
+            objects
+                .par_iter()
+                .map(|m| {
+                    let name = m.key.rsplit('/').next().unwrap_or_default().to_string();
+                    let Some(h) = named(&m.key) else {
+                        return Ok(Some((m.key.clone(), name)));
+                    };
+                    // Streamed: a multi-GB model is hashed without being held.
+                    let Some(mut f) = self.backend().open(&m.key)? else {
+                        return Ok(None); // removed meanwhile by gc
+                    };
+                    let mut hasher = blake3::Hasher::new();
+                    hasher
+                        .update_reader(&mut f)
+                        .map_err(|source| StoreError::Io {
+                            path: m.key.clone().into(),
+                            source,
+                        })?;
+                    let ok = Hash(*hasher.finalize().as_bytes()) == h;
+                    Ok((!ok).then(|| (m.key.clone(), name)))
+                })
+                .collect()
+        });
         let corrupt: Vec<(String, String)> = checked?.into_iter().flatten().collect();
         for (p, name) in corrupt {
             quarantine(self, &p, "objects")?;

@@ -123,10 +123,84 @@ fn private_staging() -> Result<PathBuf, StoreError> {
     Ok(dir)
 }
 
+/// The variables that choose a shared profile (not settings of the S3 client themselves).
+const PROFILE_VARS: [&str; 3] = [
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+];
+
+/// A shared profile's settings, as the AWS CLI reads them: `[NAME]` of the credentials file
+/// (`AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/credentials`) and `[profile NAME]` (or
+/// `[default]`) of the config file (`AWS_CONFIG_FILE`, default `~/.aws/config`), `NAME` being
+/// `AWS_PROFILE` or `default`. Keys, token, region and endpoint, named as their variables.
+/// A profile asked for by name that neither file has is an error; the default one may be absent.
+fn profile_settings(
+    given: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<(&'static str, String)>, String> {
+    let named = given("AWS_PROFILE");
+    let name = named.clone().unwrap_or_else(|| "default".to_string());
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let file = |var: &str, default: &str| {
+        given(var)
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(".aws").join(default)))
+    };
+    let mut out: Vec<(&'static str, String)> = Vec::new();
+    let mut found = false;
+    let sources = [
+        (
+            file("AWS_SHARED_CREDENTIALS_FILE", "credentials"),
+            name.clone(),
+        ),
+        (
+            file("AWS_CONFIG_FILE", "config"),
+            if name == "default" {
+                name.clone()
+            } else {
+                format!("profile {name}")
+            },
+        ),
+    ];
+    for (path, section) in sources {
+        let Some(path) = path.filter(|p| p.exists()) else {
+            continue;
+        };
+        let ini = ini::Ini::load_from_file(&path)
+            .map_err(|e| format!("reading the AWS profile file {}: {e}", path.display()))?;
+        let Some(props) = ini.section(Some(section.as_str())) else {
+            continue;
+        };
+        found = true;
+        for (key, var) in [
+            ("aws_access_key_id", "AWS_ACCESS_KEY_ID"),
+            ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+            ("aws_session_token", "AWS_SESSION_TOKEN"),
+            ("region", "AWS_REGION"),
+            ("endpoint_url", "AWS_ENDPOINT_URL"),
+        ] {
+            if let Some(v) = props.get(key)
+                && !out.iter().any(|(k, _)| *k == var)
+            {
+                out.push((var, v.trim().to_string()));
+            }
+        }
+    }
+    if named.is_some() && !found {
+        return Err(format!(
+            "AWS_PROFILE names profile {name:?}, which neither the credentials nor the config \
+             file has"
+        ));
+    }
+    Ok(out)
+}
+
 impl Bucket {
     /// Open `url` (`s3://bucket` or `s3://bucket/prefix`). The endpoint, region and
-    /// credentials come from the usual `AWS_*` variables; an `http://` endpoint (a server on
-    /// loopback or in the cluster) is allowed without setting `AWS_ALLOW_HTTP` as well.
+    /// credentials come from the usual `AWS_*` variables, or from a shared profile
+    /// (`AWS_PROFILE`, `~/.aws/credentials`, `~/.aws/config`) for what the variables leave
+    /// out; an `http://` endpoint (a server on loopback or in the cluster) is allowed without
+    /// setting `AWS_ALLOW_HTTP` as well.
     pub fn open(url: &str, host: String, aws: &[(String, String)]) -> Result<Bucket, StoreError> {
         let bad = |what: String| StoreError::Remote {
             location: url.to_string(),
@@ -144,16 +218,34 @@ impl Bucket {
         if bucket.is_empty() {
             return Err(bad("the URL names no bucket".into()));
         }
-        // The environment, then the caller's settings over it.
-        let var = |name: &str| {
+        // The environment, then the caller's settings over it, then a shared profile's for
+        // what neither gives.
+        let given = |name: &str| {
             aws.iter()
                 .rev()
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.clone())
                 .or_else(|| std::env::var(name).ok())
         };
+        let profile = profile_settings(&given).map_err(bad)?;
+        let var = |name: &str| {
+            given(name).or_else(|| {
+                profile
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.clone())
+            })
+        };
         let mut b = AmazonS3Builder::from_env();
-        for (k, v) in aws {
+        let settings = profile
+            .iter()
+            .filter(|(k, _)| given(k).is_none())
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .chain(aws.iter().cloned());
+        for (k, v) in settings {
+            if PROFILE_VARS.iter().any(|p| k.eq_ignore_ascii_case(p)) {
+                continue;
+            }
             let key = k
                 .to_ascii_lowercase()
                 .parse()
