@@ -26,14 +26,7 @@ fn main() {
     // One job on one slot: the replay then sees the same prompts in the same order on the same
     // single slot (prompt cache included), so it generates exactly the same tokens.
     let jobs = 1u32;
-    let tasks = [
-        "stack",
-        "queue",
-        "calculator",
-        "lru_cache",
-        "template",
-        "password",
-    ];
+    let tasks = common::TASKS;
 
     // 1. pipe, end to end.
     let srv = common::LlamaServer::smollm2(jobs, 4096);

@@ -130,12 +130,15 @@ fn load(args: &Args) -> Result<Loaded> {
 
 fn open_store(args: &Args, l: &Loaded) -> Result<Store> {
     let at = l.store_location(args.store.as_deref());
-    let opts = StoreOptions {
+    Store::open_at(&at, store_options(l)).with_context(|| format!("opening the store at {at}"))
+}
+
+fn store_options(l: &Loaded) -> StoreOptions {
+    StoreOptions {
         lease_ttl: Duration::from_secs_f64(l.config.store.lease_ttl_s.max(0.1)),
         fsync: std::env::var("PIPE_UNSAFE_NO_FSYNC").is_err(),
         aws: Vec::new(),
-    };
-    Store::open_at(&at, opts).with_context(|| format!("opening the store at {at}"))
+    }
 }
 
 fn mode(args: &Args) -> Mode {
@@ -235,12 +238,8 @@ fn run(args: Args) -> Result<Exit> {
         Cmd::Copy(c) => {
             let store = open_store(&args, &loaded)?;
             let to = pipe::store::backend::Location::parse(&c.to, &std::env::current_dir()?);
-            let opts = StoreOptions {
-                lease_ttl: Duration::from_secs_f64(loaded.config.store.lease_ttl_s.max(0.1)),
-                fsync: std::env::var("PIPE_UNSAFE_NO_FSYNC").is_err(),
-                aws: Vec::new(),
-            };
-            let dest = Store::open_at(&to, opts).with_context(|| format!("opening {to}"))?;
+            let dest = Store::open_at(&to, store_options(&loaded))
+                .with_context(|| format!("opening {to}"))?;
             let bar = render::counter_bar("copy", c.json);
             let rep = store
                 .copy_to(&dest, c.jobs, &|done, total| {

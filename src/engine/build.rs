@@ -443,7 +443,7 @@ fn run_stage(
                             // own), so that N workers spread over the items instead of each
                             // trying, one after another, what the others already hold.
                             if !staggered.swap(true, Ordering::Relaxed) && q.len() > 1 {
-                                let at = stagger_offset(name) % q.len();
+                                let at = stagger_offset(name, store.identity()) % q.len();
                                 q.rotate_left(at);
                             }
                         }
@@ -486,14 +486,13 @@ fn run_stage(
     Ok((run, entries, failures))
 }
 
-/// Pop the first item whose wait is over; sleep briefly when all are waiting on others.
 /// Where this process starts in a stage's items once it finds others working on them.
-fn stagger_offset(stage: &str) -> usize {
-    let id = crate::store::Identity::current();
+fn stagger_offset(stage: &str, id: &crate::store::Identity) -> usize {
     let h = Hash::of(format!("{stage}\0{}\0{}\0{}", id.host, id.pid, id.start_time).as_bytes());
     u64::from_le_bytes(h.0[..8].try_into().expect("8 bytes")) as usize
 }
 
+/// Pop the first item whose wait is over; sleep briefly when all are waiting on others.
 fn next_ready(queue: &Mutex<VecDeque<(usize, Instant, u32)>>) -> Option<(usize, u32)> {
     loop {
         let wait = {

@@ -10,7 +10,6 @@
 
 use super::backend::Cond;
 use super::{Store, StoreError, dirs};
-use crate::key::Hash;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -49,12 +48,7 @@ impl Store {
         jobs: usize,
         tick: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<CopyReport, StoreError> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(jobs.max(1))
-            .build()
-            .map_err(|e| StoreError::Corrupt {
-                what: format!("thread pool: {e}"),
-            })?;
+        let pool = super::io_pool(jobs)?;
         let refs = self.refs()?;
         let records = self.backend().list(&format!("{}/", dirs::ACTIONS))?;
         let objects = self.backend().list(&format!("{}/", dirs::OBJECTS))?;
@@ -65,8 +59,7 @@ impl Store {
             (AtomicUsize::new(0), AtomicUsize::new(0), AtomicU64::new(0));
         pool.install(|| {
             objects.par_iter().try_for_each(|m| {
-                let name = m.key.rsplit('/').next().unwrap_or_default();
-                let Ok(id) = name.parse::<Hash>() else {
+                let Some(id) = super::hash_in_key(&m.key) else {
                     return Ok(()); // not an object of ours
                 };
                 if dest.has_object(&id) {

@@ -3,7 +3,7 @@
 //! younger than its grace period and anything under a live lease.
 
 use super::backend::Meta;
-use super::{LeaseInfo, Store, StoreError, dirs};
+use super::{LeaseInfo, Store, StoreError, dirs, hash_in_key, io_pool};
 use crate::key::Hash;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -77,13 +77,6 @@ fn under(store: &Store, dir: &str) -> Result<Vec<Meta>, StoreError> {
     store.backend().list(&format!("{dir}/"))
 }
 
-/// The hash a stored value is named by: `objects-v1/ab/<hash>`, `actions-v1/ab/<key>.json`,
-/// `checkpoints-v1/<key>.json`.
-fn named(key: &str) -> Option<Hash> {
-    let name = key.rsplit('/').next()?;
-    name.strip_suffix(".json").unwrap_or(name).parse().ok()
-}
-
 fn quarantine(store: &Store, key: &str, kind: &str) -> Result<(), StoreError> {
     let name = key.rsplit('/').next().unwrap_or(key);
     store
@@ -92,6 +85,20 @@ fn quarantine(store: &Store, key: &str, kind: &str) -> Result<(), StoreError> {
 }
 
 impl Store {
+    /// The first of `ids` that is absent, asking one at a time. An error is not "absent":
+    /// verify and gc never act on a guess.
+    fn first_missing<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a Hash>,
+    ) -> Result<Option<Hash>, StoreError> {
+        for id in ids {
+            if !self.object_present(id)? {
+                return Ok(Some(*id));
+            }
+        }
+        Ok(None)
+    }
+
     /// Re-hash every object, read every record and ref. Corrupt objects and the records that
     /// name them are quarantined, and refs whose build lost an item are dropped, so that the
     /// next build recomputes exactly what was lost and never uses a corrupt byte.
@@ -101,23 +108,13 @@ impl Store {
         rep.objects = objects.len();
         // Only what is provably corrupt is quarantined: a value that cannot be read right now
         // (a timeout, an I/O error) stops verify with that error instead.
-        // A bucket's reads wait on the network: more at a time than there are cores.
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(if self.root().is_some() {
-                rayon::current_num_threads()
-            } else {
-                16
-            })
-            .build()
-            .map_err(|e| StoreError::Corrupt {
-                what: format!("thread pool: {e}"),
-            })?;
+        let pool = io_pool(self.backend().io_parallelism())?;
         let checked: Result<Vec<Option<(String, String)>>, StoreError> = pool.install(|| {
             objects
                 .par_iter()
                 .map(|m| {
                     let name = m.key.rsplit('/').next().unwrap_or_default().to_string();
-                    let Some(h) = named(&m.key) else {
+                    let Some(h) = hash_in_key(&m.key) else {
                         return Ok(Some((m.key.clone(), name)));
                     };
                     // Streamed: a multi-GB model is hashed without being held.
@@ -145,7 +142,7 @@ impl Store {
         for m in under(self, dirs::ACTIONS)? {
             let p = m.key;
             rep.records += 1;
-            let key = named(&p);
+            let key = hash_in_key(&p);
             let problem = match key {
                 None => Some("file name is not a key".to_string()),
                 Some(key) => match self.record(&key) {
@@ -153,14 +150,8 @@ impl Store {
                     Err(e) => return Err(e),
                     Ok(None) => None, // removed meanwhile by gc
                     Ok(Some(rec)) => {
-                        let mut missing = None;
-                        for id in rec.outputs.values().chain(std::iter::once(&rec.common)) {
-                            if !self.object_present(id)? {
-                                missing = Some(*id);
-                                break;
-                            }
-                        }
-                        match missing {
+                        let named = rec.outputs.values().chain(std::iter::once(&rec.common));
+                        match self.first_missing(named)? {
                             Some(id) => {
                                 Some(format!("names object {id}, which is missing or corrupt"))
                             }
@@ -255,7 +246,7 @@ impl Store {
         // A checkpoint is kept (with its object) while its action may still resume: no record
         // yet, and saved within the grace or under a live lease.
         for m in under(self, dirs::CHECKPOINTS)? {
-            let Some(key) = named(&m.key) else {
+            let Some(key) = hash_in_key(&m.key) else {
                 continue;
             };
             if !self.has_record(&key) && (fresh_at(&m) || self.live_lease(&key).is_some()) {
@@ -270,7 +261,7 @@ impl Store {
         // Records not reached but fresh or leased are kept, and so is what they name.
         let mut drop_records = Vec::new();
         for m in under(self, dirs::ACTIONS)? {
-            let Some(key) = named(&m.key) else {
+            let Some(key) = hash_in_key(&m.key) else {
                 continue;
             };
             if keep_records.contains(&key) {
@@ -303,7 +294,7 @@ impl Store {
         let objects = under(self, dirs::OBJECTS)?;
         let sizes: std::collections::HashMap<Hash, u64> = objects
             .iter()
-            .filter_map(|m| Some((named(&m.key)?, m.size)))
+            .filter_map(|m| Some((hash_in_key(&m.key)?, m.size)))
             .collect();
         while let Some(id) = queue.pop_front() {
             if !keep_objects.insert(id) {
@@ -325,7 +316,7 @@ impl Store {
             }
         }
         for m in objects {
-            let id = named(&m.key);
+            let id = hash_in_key(&m.key);
             if id.is_some_and(|id| keep_objects.contains(&id)) || fresh(&m.key) {
                 rep.kept_objects += 1;
                 continue;
@@ -344,25 +335,17 @@ impl Store {
         if !dry_run && rep.removed_objects > 0 {
             for m in under(self, dirs::ACTIONS)? {
                 let p = m.key;
-                let Some(key) = named(&p) else {
+                let Some(key) = hash_in_key(&p) else {
                     continue;
                 };
                 if keep_records.contains(&key) {
                     continue;
                 }
                 if let Ok(Some(rec)) = self.record(&key) {
-                    let mut named: Vec<Hash> = rec.outputs.values().copied().collect();
-                    named.push(rec.common);
-                    obj_refs(&rec.ingredients, &mut named);
-                    let mut missing = false;
-                    for id in &named {
-                        // An error is not "missing": gc never deletes on a guess.
-                        if !self.object_present(id)? {
-                            missing = true;
-                            break;
-                        }
-                    }
-                    if missing {
+                    let mut ids: Vec<Hash> = rec.outputs.values().copied().collect();
+                    ids.push(rec.common);
+                    obj_refs(&rec.ingredients, &mut ids);
+                    if self.first_missing(&ids)?.is_some() {
                         rep.removed_records += 1;
                         let _ = self.backend().delete(&p);
                     }

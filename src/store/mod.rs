@@ -361,8 +361,9 @@ fn probe_key(name: &str) -> String {
     )
 }
 
-/// The hash a key under `objects-v1/` or `actions-v1/` names (`…/ab/<hex>[.json]`).
-fn hash_in_key(key: &str) -> Option<Hash> {
+/// The hash a stored value is named by: `objects-v1/ab/<hash>`, `actions-v1/ab/<key>.json`,
+/// `checkpoints-v1/<key>.json`.
+pub(crate) fn hash_in_key(key: &str) -> Option<Hash> {
     let name = key.rsplit('/').next()?;
     name.strip_suffix(".json").unwrap_or(name).parse().ok()
 }
@@ -656,45 +657,44 @@ impl Store {
     /// Object `id` as a file, after checking as a stream that its bytes hash to its name: a
     /// large artifact is handed out as a file, never read into memory.
     pub fn object_file(&self, id: &Hash) -> Result<ObjectFile, StoreError> {
-        let key = object_key(id);
-        let check = |path: &Path| -> Result<(), StoreError> {
-            let io = |source| StoreError::Io {
-                path: path.to_path_buf(),
-                source,
-            };
-            let mut h = blake3::Hasher::new();
-            h.update_reader(fs::File::open(path).map_err(io)?)
-                .map_err(io)?;
+        let corrupt = |h: blake3::Hasher| {
             let actual = Hash(*h.finalize().as_bytes());
-            if actual != *id {
-                return Err(StoreError::CorruptObject { id: *id, actual });
-            }
-            Ok(())
+            (actual != *id).then_some(StoreError::CorruptObject { id: *id, actual })
         };
-        if let Some(path) = self.backend.local_path(&key) {
-            if !path.exists() {
-                return Err(StoreError::MissingObject(*id));
-            }
-            check(&path)?;
-            return Ok(ObjectFile {
-                path,
-                _download: None,
-            });
-        }
         let mut src = self.open_object(id)?;
-        let tmp = tempfile::NamedTempFile::new_in(self.backend.staging()).map_err(|source| {
-            StoreError::Io {
-                path: self.backend.staging().to_path_buf(),
+        if let Some(path) = self.backend.local_path(&object_key(id)) {
+            let mut h = blake3::Hasher::new();
+            h.update_reader(&mut src).map_err(|source| StoreError::Io {
+                path: path.clone(),
                 source,
-            }
-        })?;
-        let (mut f, path) = tmp.into_parts();
-        std::io::copy(&mut src, &mut f).map_err(|source| StoreError::Io {
+            })?;
+            return match corrupt(h) {
+                Some(e) => Err(e),
+                None => Ok(ObjectFile {
+                    path,
+                    _download: None,
+                }),
+            };
+        }
+        let staging = self.backend.staging();
+        let (f, path) = tempfile::NamedTempFile::new_in(staging)
+            .map_err(|source| StoreError::Io {
+                path: staging.to_path_buf(),
+                source,
+            })?
+            .into_parts();
+        // Hashed as it is written: the download is read once.
+        let mut w = Hashing {
+            inner: f,
+            hasher: blake3::Hasher::new(),
+        };
+        std::io::copy(&mut src, &mut w).map_err(|source| StoreError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        drop(f);
-        check(&path)?;
+        if let Some(e) = corrupt(w.hasher) {
+            return Err(e);
+        }
         Ok(ObjectFile {
             path: path.to_path_buf(),
             _download: Some(path),
@@ -935,6 +935,16 @@ impl Store {
     pub fn manifest(&self, id: &Hash) -> Result<Manifest, StoreError> {
         Manifest::decode(&self.get(id)?)
     }
+}
+
+/// A pool of `threads` for I/O-bound work over a store's values.
+pub(crate) fn io_pool(threads: usize) -> Result<rayon::ThreadPool, StoreError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| StoreError::Corrupt {
+            what: format!("thread pool: {e}"),
+        })
 }
 
 /// What [`Store::set_ref`] did.

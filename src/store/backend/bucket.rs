@@ -611,4 +611,8 @@ impl Backend for Bucket {
     fn requests(&self) -> Requests {
         self.counts.snapshot()
     }
+
+    fn io_parallelism(&self) -> usize {
+        16
+    }
 }

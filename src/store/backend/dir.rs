@@ -264,6 +264,10 @@ impl Backend for Dir {
     fn requests(&self) -> Requests {
         Requests::default()
     }
+
+    fn io_parallelism(&self) -> usize {
+        rayon::current_num_threads()
+    }
 }
 
 impl Dir {

@@ -135,6 +135,10 @@ pub trait Backend: Send + Sync {
 
     /// The requests made so far (zero for a directory, which makes none).
     fn requests(&self) -> Requests;
+
+    /// How many values to read at a time when reading many (verify): a disk is as fast as
+    /// its cores hash, a bucket's requests wait on the network.
+    fn io_parallelism(&self) -> usize;
 }
 
 /// Where a store is: a directory or a bucket URL.
