@@ -18,6 +18,7 @@ use pipe::model::config::Config;
 use pipe::model::infer::{Block, Linear, Transformer};
 use pipe::model::train::adamw::{self, AdamW, AdamWConfig};
 use pipe::model::train::data::Example;
+use pipe::model::train::frozen::BaseMath;
 use pipe::model::train::net::{LoraSpec, TrainModel};
 use pipe::model::train::trainer;
 use std::sync::Arc;
@@ -78,12 +79,14 @@ fn main() {
     let embed = Tensor::randn(0f32, 0.02, (vocab, hidden), &Device::Cpu).unwrap();
     let head = q4(vocab, hidden, &mut seed);
     let base = Transformer::new(config, embed, blocks, ones.clone(), head).unwrap();
+    let _keep = pipe::model::train::alloc::KeepFreed::new();
     let model = TrainModel::new(
         &base,
         LoraSpec {
             rank: 16,
             alpha: 16.0,
             seed: 1,
+            base: BaseMath::parse(std::env::var("PIPE_BENCH_BASE").ok().as_deref()).unwrap(),
         },
     )
     .unwrap();

@@ -10,13 +10,15 @@
 //! Each side runs in a process of its own (so peak RSS is its own), 2 warm-up steps then
 //! `PIPE_BENCH_STEPS` (default 5) timed ones; LoRA r16 α16 on all seven projections, AdamW
 //! 2e-4. Env: `PIPE_BENCH_BATCH` (4), `PIPE_BENCH_LEN` (256), `PIPE_BENCH_THREADS` (2),
-//! `PIPE_BENCH_ROUNDS` (2: ours, PEFT, ours, PEFT — the machine is noisy).
+//! `PIPE_BENCH_ROUNDS` (2: ours, PEFT, ours, PEFT — the machine is noisy), `PIPE_BENCH_BASE`
+//! (the base maths to run, e.g. `bf16,quantized`; default: both where the CPU has AMX tiles).
 
 #![allow(clippy::print_stdout)]
 
 use pipe::chat::local::LocalModel;
 use pipe::model::train::adamw::{self, AdamW, AdamWConfig};
 use pipe::model::train::data::Example;
+use pipe::model::train::frozen::BaseMath;
 use pipe::model::train::net::{LoraSpec, TrainModel};
 use pipe::model::train::trainer;
 use serde_json::{Value, json};
@@ -45,20 +47,21 @@ fn rss_mb(field: &str) -> f64 {
 }
 
 /// One measurement of ours, in this process.
-fn ours(gguf: &Path, batch: usize, len: usize, steps: usize) -> Value {
+fn ours(gguf: &Path, batch: usize, len: usize, steps: usize, base: BaseMath) -> Value {
     let m = LocalModel::load(gguf).unwrap();
-    let base = m.transformer();
+    let _keep = pipe::model::train::alloc::KeepFreed::new();
     let model = TrainModel::new(
-        base,
+        m.transformer(),
         LoraSpec {
             rank: 16,
             alpha: 16.0,
             seed: 1,
+            base,
         },
     )
     .unwrap();
     let (loaded_rss, loaded_peak) = (rss_mb("VmRSS:"), peak_rss_mb());
-    let vocab = base.embed.dims()[0] as u64;
+    let vocab = m.transformer().embed.dims()[0] as u64;
     let mut s = 7u64;
     let examples: Vec<Example> = (0..batch)
         .map(|_| Example {
@@ -129,10 +132,18 @@ fn main() {
     let len: usize = env("PIPE_BENCH_LEN", 256);
     let steps: usize = env("PIPE_BENCH_STEPS", 5);
     let threads: usize = env("PIPE_BENCH_THREADS", 2);
-    if std::env::var("PIPE_BENCH_CHILD").is_ok() {
-        println!("{}", ours(&gguf, batch, len, steps));
+    if let Ok(math) = std::env::var("PIPE_BENCH_CHILD") {
+        let math = BaseMath::parse(Some(&math)).unwrap();
+        println!("{}", ours(&gguf, batch, len, steps, math));
         return;
     }
+    // Both ways of computing the base's products where the CPU has AMX tiles (else bf16 is
+    // the slow reference, and only the integer kernel runs).
+    let maths: Vec<String> = match std::env::var("PIPE_BENCH_BASE") {
+        Ok(v) => v.split(',').map(str::to_string).collect(),
+        Err(_) if BaseMath::fastest() == BaseMath::Bf16 => vec!["bf16".into(), "quantized".into()],
+        Err(_) => vec!["quantized".into()],
+    };
     let rounds: usize = env("PIPE_BENCH_ROUNDS", 2);
     let venv = std::env::var("PIPE_PEFT_VENV")
         .unwrap_or_else(|_| root.join("../peft-venv").display().to_string());
@@ -150,20 +161,22 @@ fn main() {
     };
     println!("| round | side | tokens/s | step s | peak RSS MB |\n|---|---|---|---|---|");
     for r in 0..rounds {
-        let me = std::env::current_exe().unwrap();
-        let o = Command::new(me)
-            .env("PIPE_BENCH_CHILD", "1")
-            .env("CANDLE_NUM_THREADS", threads.to_string())
-            .env("RAYON_NUM_THREADS", threads.to_string())
-            .output()
-            .unwrap();
-        let v = parse(o, "ours");
-        println!(
-            "| {r} | pipe (GGUF base) | {:.1} | {:.2} | {:.0} |",
-            v["tokens_per_s"].as_f64().unwrap(),
-            v["step_s"].as_f64().unwrap(),
-            v["peak_rss_mb"].as_f64().unwrap()
-        );
+        for math in &maths {
+            let me = std::env::current_exe().unwrap();
+            let o = Command::new(me)
+                .env("PIPE_BENCH_CHILD", math)
+                .env("CANDLE_NUM_THREADS", threads.to_string())
+                .env("RAYON_NUM_THREADS", threads.to_string())
+                .output()
+                .unwrap();
+            let v = parse(o, "ours");
+            println!(
+                "| {r} | pipe (GGUF base, {math}) | {:.1} | {:.2} | {:.0} |",
+                v["tokens_per_s"].as_f64().unwrap(),
+                v["step_s"].as_f64().unwrap(),
+                v["peak_rss_mb"].as_f64().unwrap()
+            );
+        }
         let o = Command::new(format!("{venv}/bin/python"))
             .arg(root.join("benches/peft_step.py"))
             .args([

@@ -14,6 +14,7 @@ use pipe::model::config::Config;
 use pipe::model::infer::{Block, Linear, SeqCache, Transformer};
 use pipe::model::train::adamw::AdamWConfig;
 use pipe::model::train::data::{self, Conversation, Example};
+use pipe::model::train::frozen::BaseMath;
 use pipe::model::train::net::{LoraSpec, TrainModel};
 use pipe::model::train::trainer::{self, Hyper, State};
 
@@ -21,6 +22,7 @@ const SPEC: LoraSpec = LoraSpec {
     rank: 4,
     alpha: 8.0,
     seed: 11,
+    base: BaseMath::Quantized,
 };
 
 /// A random two-block model with grouped heads, biases on q/k/v (qwen2-like) or not.
@@ -150,9 +152,12 @@ fn every_lora_parameter_gets_a_gradient_and_the_base_stays() {
 /// integer-kernel base, rotation in both layouts, grouped heads and biases.
 #[test]
 fn lora_gradients_agree_with_finite_differences() {
-    for (neox, bias) in [(true, true), (false, false)] {
+    for (neox, bias, math) in [
+        (true, true, BaseMath::Quantized),
+        (false, false, BaseMath::Quantized),
+    ] {
         let base = tiny(neox, bias);
-        let model = TrainModel::new(&base, SPEC).unwrap();
+        let model = TrainModel::new(&base, LoraSpec { base: math, ..SPEC }).unwrap();
         // Make B non-zero so that A's gradient is too.
         let mut state = State::fresh(&model).unwrap();
         let n = state.params.len();
@@ -186,7 +191,7 @@ fn lora_gradients_agree_with_finite_differences() {
             worst = worst.max(err);
             assert!(
                 err < 0.03,
-                "{what}: autograd {ad}, finite differences {fd} (neox {neox})"
+                "{what}: autograd {ad}, finite differences {fd} (neox {neox}, {math:?})"
             );
         };
         let mut off = 0;
@@ -216,7 +221,57 @@ fn lora_gradients_agree_with_finite_differences() {
             dir[i] = 1.0;
             check(format!("parameter {i}"), dir, grads[i] as f64);
         }
-        eprintln!("finite differences: worst relative error {worst:.4} (neox {neox})");
+        eprintln!("finite differences: worst relative error {worst:.4} (neox {neox}, {math:?})");
+    }
+}
+
+/// The bf16 base's gradients against the integer kernel's (checked against finite differences
+/// above): per LoRA tensor, the same direction and size up to bf16's rounding. (Finite
+/// differences of a loss computed with 8-bit mantissas are mostly rounding noise.) A wrong
+/// orientation or scale in the tiles' backward would turn a tensor's gradient elsewhere.
+#[test]
+fn bf16_base_gradients_agree_with_the_integer_kernels() {
+    for (neox, bias) in [(true, true), (false, false)] {
+        let base = tiny(neox, bias);
+        let grads = |math: BaseMath| {
+            let model = TrainModel::new(&base, LoraSpec { base: math, ..SPEC }).unwrap();
+            let mut state = State::fresh(&model).unwrap();
+            let noise = common::values(state.params.len(), 5, 0.05);
+            for (p, e) in state.params.iter_mut().zip(noise) {
+                *p += e;
+            }
+            trainer::load(&model, &state.params).unwrap();
+            let exs = [example(3, 20, 8), example(4, 14, 6)];
+            let refs: Vec<&Example> = exs.iter().collect();
+            let sizes: Vec<(usize, String)> = model
+                .lora()
+                .flat_map(|(b, p, l)| {
+                    [
+                        (l.a.elem_count(), format!("{b} {p:?} A")),
+                        (l.b.elem_count(), format!("{b} {p:?} B")),
+                    ]
+                })
+                .collect();
+            (trainer::gradients(&model, &refs, 2, 0).unwrap().0, sizes)
+        };
+        let ((q, sizes), (b, _)) = (grads(BaseMath::Quantized), grads(BaseMath::Bf16));
+        let (mut off, mut worst_cos, mut worst_ratio) = (0, 1f64, 0f64);
+        for (n, name) in sizes {
+            let (x, y) = (&q[off..off + n], &b[off..off + n]);
+            let dot: f64 = x.iter().zip(y).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let norm = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+            let (nx, ny) = (norm(x), norm(y));
+            let (cos, ratio) = (dot / (nx * ny), (ny / nx - 1.0).abs());
+            assert!(
+                cos > 0.99 && ratio < 0.05,
+                "{name}: cosine {cos}, norms {nx} vs {ny} (neox {neox})"
+            );
+            (worst_cos, worst_ratio) = (worst_cos.min(cos), worst_ratio.max(ratio));
+            off += n;
+        }
+        eprintln!(
+            "bf16 vs integer kernel: worst cosine {worst_cos:.5}, worst norm difference {worst_ratio:.4} (neox {neox})"
+        );
     }
 }
 
@@ -248,6 +303,7 @@ fn with_b_zero_the_trainable_model_is_the_served_model() {
             rank: 8,
             alpha: 16.0,
             seed: 1,
+            base: BaseMath::Quantized,
         },
     )
     .unwrap();
@@ -306,6 +362,7 @@ fn it_learns_what_inference_will_see() {
             rank: 16,
             alpha: 16.0,
             seed: 7,
+            base: BaseMath::fastest(),
         },
     )
     .unwrap();

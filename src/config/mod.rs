@@ -223,6 +223,12 @@ pub struct Train {
     /// Seconds between checkpoints (optional; default 60); not part of the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_s: Option<f64>,
+    /// How the frozen base's products are computed (optional): `"quantized"` (the integer
+    /// kernel inference uses), `"bf16"` (the codes widened to bf16, on AMX tiles where the CPU
+    /// has them) or `"auto"` (the default: bf16 with AMX tiles, else quantized). The base stays
+    /// in its GGUF codes in memory either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 impl Train {
@@ -463,6 +469,12 @@ fn validate(cfg: &Config, err: &ErrAt<'_>) -> Result<(), ConfigError> {
             "train.checkpoint_s",
             "must be a number of seconds from 0 to 1e9",
         ))
+    } else if t
+        .base
+        .as_deref()
+        .is_some_and(|b| !["auto", "quantized", "bf16"].contains(&b))
+    {
+        Some(("train.base", "must be \"auto\", \"quantized\" or \"bf16\""))
     } else {
         None
     };
@@ -548,5 +560,18 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("experiment.tasks[1]"), "{e}");
         let line = DEFAULT[..DEFAULT.find(tasks_line).unwrap()].lines().count() + 1;
         assert_eq!(e.line_col.map(|(l, _)| l), Some(line), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_base_math_is_named_with_its_key() {
+        let with =
+            |v: &str| DEFAULT.replacen("[train]\n", &format!("[train]\nbase = \"{v}\"\n"), 1);
+        for ok in ["auto", "quantized", "bf16"] {
+            let c = parse(Path::new("p.toml"), &with(ok)).unwrap();
+            assert_eq!(c.train.base.as_deref(), Some(ok));
+        }
+        let e = parse(Path::new("p.toml"), &with("int4")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("train.base"), "{e}");
+        assert!(e.message.contains("quantized"), "{e}");
     }
 }

@@ -10,6 +10,7 @@ use crate::model::lora::{PEFT_CONFIG, PEFT_WEIGHTS};
 use crate::model::template::Role;
 use crate::model::train::adamw::AdamWConfig;
 use crate::model::train::data::{self, Conversation};
+use crate::model::train::frozen::BaseMath;
 use crate::model::train::net::{LoraSpec, TrainModel};
 use crate::model::train::trainer::{self, Curve, Hyper, State};
 use crate::samples::Counts;
@@ -37,6 +38,9 @@ pub struct Params {
     pub alpha: f64,
     /// Sequences longer than this (prompt, reply, end token) are dropped.
     pub max_seq_len: u32,
+    /// How the frozen base's products are computed (`train.base`, `auto` resolved on this
+    /// machine: the numbers differ slightly, so the key holds it).
+    pub base_math: BaseMath,
     /// The loop.
     pub hyper: Hyper,
 }
@@ -79,6 +83,10 @@ pub struct TrainRecord {
     pub tokens_per_s: f64,
     /// Where it ran.
     pub device: String,
+    /// How the frozen base's products were computed (absent in records from before the
+    /// choice existed: quantized).
+    #[serde(default)]
+    pub base_math: Option<BaseMath>,
 }
 
 /// What the manifest keeps.
@@ -112,6 +120,8 @@ pub fn params(rt: &Runtime, loaded: &Loaded) -> Params {
         rank: t.rank,
         alpha: t.alpha,
         max_seq_len: t.max_seq_len,
+        // Checked when the config was read.
+        base_math: BaseMath::parse(t.base.as_deref()).unwrap_or_else(|_| BaseMath::fastest()),
         hyper: Hyper {
             learning_rate: t.learning_rate,
             epochs: t.epochs,
@@ -212,6 +222,7 @@ fn run(rt: &Runtime, job: &Job<'_>) -> Result<Outputs, StageError> {
         seconds: 0.0,
         tokens_per_s: 0.0,
         device: device.clone(),
+        base_math: Some(p.base_math),
     };
     if train_conv.is_empty() {
         rec.skipped = Some(Skipped::NoSamples);
@@ -237,12 +248,15 @@ fn run(rt: &Runtime, job: &Job<'_>) -> Result<Outputs, StageError> {
         return finish(job, &rec, None);
     }
     let candle = |e: candle_core::Error| StageError::Failed(format!("training: {e}"));
+    // Training frees and reallocates the same large buffers every step.
+    let _keep = crate::model::train::alloc::KeepFreed::new();
     let model = TrainModel::new(
         base.transformer(),
         LoraSpec {
             rank: p.rank as usize,
             alpha: p.alpha,
             seed: p.hyper.seed,
+            base: p.base_math,
         },
     )
     .map_err(candle)?;

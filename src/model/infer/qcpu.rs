@@ -345,6 +345,44 @@ impl QWeights {
         }
     }
 
+    /// Block `blk` (elements `32 blk..32 blk + 32`) of row `j`: its codes in element order
+    /// (zeros past the last column) and its (scale, offset). For kernels that widen the
+    /// weights tile by tile.
+    #[inline]
+    pub fn block_codes(&self, j: usize, blk: usize, out: &mut [u8; BLOCK]) -> (f32, f32) {
+        let (g, b) = (blk / BLOCKS, blk % BLOCKS);
+        let k = (j * self.groups + g) * BLOCKS + b;
+        // Element e of block b sits at slot (e / 4) · 32 + 4 b + e % 4 (see `slot`); 4-bit
+        // slots 128.. are the high nibbles of bytes 0..128.
+        let at = (j * self.groups + g) * self.bits.group_bytes() + b * 4;
+        match self.bits {
+            Bits::Eight => {
+                for c in 0..BLOCK / 4 {
+                    out[c * 4..][..4].copy_from_slice(&self.codes[at + c * 32..][..4]);
+                }
+            }
+            Bits::Four => {
+                for c in 0..BLOCK / 8 {
+                    for i in 0..4 {
+                        let byte = self.codes[at + c * 32 + i];
+                        out[c * 4 + i] = byte & 0xF;
+                        out[BLOCK / 2 + c * 4 + i] = byte >> 4;
+                    }
+                }
+            }
+        }
+        (self.scale[k].to_f32(), self.offset[k].to_f32())
+    }
+
+    /// Block `blk` of row `j` as f32: what its codes stand for.
+    pub fn block_f32(&self, j: usize, blk: usize, out: &mut [f32; BLOCK]) {
+        let mut codes = [0u8; BLOCK];
+        let (scale, offset) = self.block_codes(j, blk, &mut codes);
+        for (o, c) in out.iter_mut().zip(codes) {
+            *o = offset + scale * c as f32;
+        }
+    }
+
     /// The matrix as f32, row-major: what the codes stand for.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];

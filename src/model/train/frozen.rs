@@ -1,36 +1,80 @@
-//! A frozen base projection for training: `y = x Wᵀ` through the same integer kernel inference
-//! uses ([`qcpu`]), whose backward gives the input gradient only.
+//! A frozen base projection for training: `y = x Wᵀ` whose backward gives the input gradient
+//! only, with the weights in their GGUF codes (4 or 8 bits a weight instead of 32, QLoRA-style).
 //!
 //! Why not candle's matmul: its backward always computes the weight's gradient too, even for a
 //! weight nothing will update — as much work again as the input gradient, and a gradient tensor
-//! the size of the model. Why the integer kernel: the base stays in its GGUF codes (4 or 8
-//! bits a weight instead of 32, QLoRA-style), it is the fastest matmul we have on these CPUs,
-//! and a model trained through it computes exactly what the local backend will serve.
+//! the size of the model.
 //!
-//! The input gradient `dX = dY W` is `dY (Wᵀ)ᵀ`: the same kernel over `Wᵀ`, which is built once,
-//! on first use, on an 8-bit grid per 32 (exact where `W`'s codes allow, and an error far below
-//! what a gradient's direction cares about elsewhere).
+//! Two ways to compute the products ([`BaseMath`], `train.base`):
+//! - **quantized**: the integer kernel inference uses ([`qcpu`]), so a model trained through it
+//!   computes exactly what the local backend will serve. The input gradient `dX = dY W` is
+//!   `dY (Wᵀ)ᵀ`: the same kernel over `Wᵀ`, built once, on first use, on an 8-bit grid per 32
+//!   (exact where `W`'s codes allow, and an error far below what a gradient's direction cares
+//!   about elsewhere) — a second copy of the model in memory.
+//! - **bf16**: the codes widened to bf16 a panel at a time, products on AMX tiles with f32 sums
+//!   ([`tiles`]): what PyTorch computes for a bf16 model, several times faster than the integer
+//!   kernel on a training step's large products, and no transposed copy.
 
+use super::tiles;
 use crate::model::infer::qcpu::{self, QActs, QWeights};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, OnceLock};
+
+/// How the frozen base's products are computed (`train.base`; part of the train key: the
+/// two give slightly different numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseMath {
+    /// The integer kernel: weights' codes against activations on a ≈ 16-bit grid.
+    Quantized,
+    /// Codes widened to bf16, bf16 products summed in f32 (AMX tiles where the CPU has them).
+    Bf16,
+}
+
+impl BaseMath {
+    /// The fastest on this CPU: bf16 where it has AMX tiles, else the integer kernel (bf16
+    /// without tiles is the slow reference).
+    pub fn fastest() -> BaseMath {
+        if tiles::available() {
+            BaseMath::Bf16
+        } else {
+            BaseMath::Quantized
+        }
+    }
+
+    /// `train.base`'s value: `auto` (or nothing) is [`BaseMath::fastest`].
+    pub fn parse(s: Option<&str>) -> std::result::Result<BaseMath, String> {
+        match s {
+            None | Some("auto") => Ok(BaseMath::fastest()),
+            Some("quantized") => Ok(BaseMath::Quantized),
+            Some("bf16") => Ok(BaseMath::Bf16),
+            Some(other) => Err(format!(
+                "unknown base math {other:?}: use \"auto\", \"quantized\" or \"bf16\""
+            )),
+        }
+    }
+}
 
 /// A frozen `(out, in)` weight.
 #[derive(Debug)]
 pub struct Frozen {
     w: Arc<QWeights>,
     wt: OnceLock<QWeights>,
+    math: BaseMath,
     out: usize,
     inp: usize,
 }
 
 impl Frozen {
     /// Share inference's weights.
-    pub fn new(w: Arc<QWeights>) -> Arc<Frozen> {
+    pub fn new(w: Arc<QWeights>, math: BaseMath) -> Arc<Frozen> {
         let (out, inp) = w.shape();
         Arc::new(Frozen {
             w,
             wt: OnceLock::new(),
+            math,
             out,
             inp,
         })
@@ -68,6 +112,147 @@ impl Frozen {
     }
 }
 
+impl Frozen {
+    /// `x Wᵀ` on plain rows, by this weight's math.
+    fn product(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        match self.math {
+            BaseMath::Quantized => qcpu::matmul(&QActs::quantize(x, rows, self.inp), &self.w),
+            BaseMath::Bf16 => tiles::forward(x, rows, &self.w),
+        }
+    }
+
+    /// `dY W` on plain rows, by this weight's math.
+    fn input_grad(&self, dy: &[f32], rows: usize) -> Vec<f32> {
+        match self.math {
+            BaseMath::Quantized => {
+                qcpu::matmul(&QActs::quantize(dy, rows, self.out), self.transposed())
+            }
+            BaseMath::Bf16 => tiles::backward(dy, rows, &self.w),
+        }
+    }
+}
+
+/// Rows of logits at a time in [`head_cross_entropy_sum`].
+const HEAD_ROWS: usize = 256;
+
+/// The summed cross-entropy of predicting `targets` (one per row) from the logits `h Headᵀ`,
+/// as a scalar; differentiable in `h` (rows, hidden).
+///
+/// Why fused: the logits are rows × vocabulary (a thousand rows of SmolLM2's 49,152 are
+/// 200 MB). As a tensor between two ops they stay alive until the backward, and the backward
+/// allocates a zeroed gradient the same size and adds into it. Here they exist a chunk of
+/// [`HEAD_ROWS`] rows at a time, in the forward and again (recomputed) in the backward, which
+/// goes straight from the softmax's gradient to `h`'s.
+pub fn head_cross_entropy_sum(h: &Tensor, head: &Arc<Frozen>, targets: &[u32]) -> Result<Tensor> {
+    let (rows, hidden) = h.dims2()?;
+    if rows != targets.len() || hidden != head.inp {
+        candle_core::bail!(
+            "cross-entropy: hidden rows {:?} for {} targets and a head of {:?}",
+            h.dims(),
+            targets.len(),
+            head.shape()
+        );
+    }
+    if let Some(t) = targets.iter().find(|&&t| t as usize >= head.out) {
+        candle_core::bail!(
+            "cross-entropy: target {t} is outside the vocabulary of {}",
+            head.out
+        );
+    }
+    h.contiguous()?.apply_op1(HeadLoss {
+        head: Arc::clone(head),
+        targets: targets.to_vec(),
+        lse: std::sync::Mutex::new(Vec::new()),
+    })
+}
+
+struct HeadLoss {
+    head: Arc<Frozen>,
+    targets: Vec<u32>,
+    /// Each row's (max, log Σ exp(x − max)), from the forward, for the backward.
+    lse: std::sync::Mutex<Vec<(f32, f32)>>,
+}
+
+/// (max, log Σ exp(x − max)) of a row (the sum in f64).
+fn lse(row: &[f32]) -> (f32, f32) {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let s: f64 = row.iter().map(|x| (x - m).exp() as f64).sum();
+    (m, s.ln() as f32)
+}
+
+impl CustomOp1 for HeadLoss {
+    fn name(&self) -> &'static str {
+        "head-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let head = &self.head;
+        let (h, rows) = rows_of(storage, layout, head.inp)?;
+        let mut stats = Vec::with_capacity(rows);
+        let mut per_row = Vec::with_capacity(rows);
+        for (c, hc) in h.chunks(HEAD_ROWS * head.inp).enumerate() {
+            let n = hc.len() / head.inp;
+            let logits = head.product(hc, n);
+            let targets = &self.targets[c * HEAD_ROWS..][..n];
+            let chunk: Vec<((f32, f32), f64)> = logits
+                .par_chunks(head.out)
+                .zip(targets.par_iter())
+                .map(|(row, &t)| {
+                    let (m, l) = lse(row);
+                    ((m, l), (m + l - row[t as usize]) as f64)
+                })
+                .collect();
+            for (st, loss) in chunk {
+                stats.push(st);
+                per_row.push(loss);
+            }
+        }
+        // Summed in row order: a parallel sum's order (and so its last bit) would depend on
+        // the thread pool, and a resumed run must log the same losses.
+        let total: f64 = per_row.iter().sum();
+        *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+        Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
+    }
+
+    fn bwd(&self, h: &Tensor, _loss: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = grad.to_scalar::<f32>()?;
+        let head = &self.head;
+        let hh = h.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let stats = std::mem::take(&mut *self.lse.lock().unwrap_or_else(|e| e.into_inner()));
+        let rows = hh.len() / head.inp;
+        let stats = if stats.len() == rows {
+            stats
+        } else {
+            // Not from this op's forward (a second backward): recompute.
+            hh.chunks(HEAD_ROWS * head.inp)
+                .flat_map(|hc| {
+                    let logits = head.product(hc, hc.len() / head.inp);
+                    logits.par_chunks(head.out).map(lse).collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let mut dh = Vec::with_capacity(hh.len());
+        for (c, hc) in hh.chunks(HEAD_ROWS * head.inp).enumerate() {
+            let n = hc.len() / head.inp;
+            let mut d = head.product(hc, n);
+            let (targets, st) = (
+                &self.targets[c * HEAD_ROWS..][..n],
+                &stats[c * HEAD_ROWS..][..n],
+            );
+            d.par_chunks_mut(head.out)
+                .zip(targets.par_iter().zip(st.par_iter()))
+                .for_each(|(row, (&t, &(m, l)))| {
+                    for x in row.iter_mut() {
+                        *x = g * (*x - m - l).exp();
+                    }
+                    row[t as usize] -= g;
+                });
+            dh.extend(head.input_grad(&d, n));
+        }
+        Ok(Some(Tensor::from_vec(dh, h.shape(), h.device())?))
+    }
+}
+
 /// The rows of a contiguous f32 CPU tensor.
 fn rows_of<'a>(
     storage: &'a CpuStorage,
@@ -95,7 +280,7 @@ impl CustomOp1 for Forward {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let f = &self.0;
         let (x, rows) = rows_of(storage, layout, f.inp)?;
-        let y = qcpu::matmul(&QActs::quantize(x, rows, f.inp), &f.w);
+        let y = f.product(x, rows);
         Ok((CpuStorage::F32(y), Shape::from((rows, f.out))))
     }
 
@@ -116,7 +301,7 @@ impl CustomOp1 for Backward {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let f = &self.0;
         let (dy, rows) = rows_of(storage, layout, f.out)?;
-        let dx = qcpu::matmul(&QActs::quantize(dy, rows, f.out), f.transposed());
+        let dx = f.input_grad(dy, rows);
         Ok((CpuStorage::F32(dx), Shape::from((rows, f.inp))))
     }
 }

@@ -13,10 +13,12 @@
 //! Depends on the rest of [`crate::model`] only: no store, no stage.
 
 pub mod adamw;
+pub mod alloc;
 pub mod data;
 pub mod frozen;
 pub mod net;
 pub mod ops;
+pub mod tiles;
 pub mod trainer;
 
 /// splitmix64: the one generator training draws from (`A`'s initialisation, the data order),

@@ -11,7 +11,7 @@
 //! `B = 0` this model computes the local backend's logits, and what it learns is what the local
 //! backend will serve with the adapter on.
 
-use super::frozen::Frozen;
+use super::frozen::{BaseMath, Frozen};
 use super::ops;
 use crate::model::config::{Config, Proj};
 use crate::model::infer::Transformer;
@@ -29,6 +29,8 @@ pub struct LoraSpec {
     pub alpha: f64,
     /// Seed of `A`'s initialisation.
     pub seed: u64,
+    /// How the frozen base's products are computed.
+    pub base: BaseMath,
 }
 
 /// A trainable pair on one projection.
@@ -79,7 +81,7 @@ impl TrainModel {
         let dev = Device::Cpu;
         let frozen = |l: &crate::model::infer::Linear| -> Result<Arc<Frozen>> {
             match l.cpu_weights() {
-                Some(w) => Ok(Frozen::new(Arc::clone(w))),
+                Some(w) => Ok(Frozen::new(Arc::clone(w), spec.base)),
                 None => candle_core::bail!("training runs on the CPU: load the base model there"),
             }
         };
@@ -242,6 +244,6 @@ impl TrainModel {
         let dev = ids.device();
         let pos = Tensor::new(positions, dev)?;
         let rows = h.index_select(&pos, 0)?;
-        ops::cross_entropy_sum(&self.logits(&rows)?, targets)
+        super::frozen::head_cross_entropy_sum(&rows, &self.head, targets)
     }
 }

@@ -1,5 +1,6 @@
 //! Fused training ops with their own backward, in plain Rust on the CPU: causal attention,
-//! RMSNorm, rotary embedding and cross-entropy.
+//! RMSNorm and rotary embedding (the head's cross-entropy, which needs the frozen head, is
+//! [`super::frozen::head_cross_entropy_sum`]).
 //!
 //! Why: composed of candle's elementwise ops, each of these keeps every intermediate alive
 //! until the backward pass (attention alone: scores, mask, max, exp, sum, probabilities — six
@@ -43,13 +44,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-#[inline]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
-}
-
 /// Causal attention of q (batch, heads, len, dim) over k and v (batch, kv_heads, len, dim):
 /// query head `h` reads key/value head `h / (heads / kv_heads)`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
@@ -87,20 +81,86 @@ impl Dims {
     }
 }
 
-/// Softmax probabilities of query row `i` over keys `0..=i`, into `p`.
-fn probs(qi: &[f32], k: &[f32], i: usize, d: usize, scale: f32, p: &mut [f32]) {
-    let mut m = f32::NEG_INFINITY;
-    for (j, pj) in p.iter_mut().enumerate().take(i + 1) {
-        *pj = dot(qi, &k[j * d..][..d]) * scale;
-        m = m.max(*pj);
+/// A matrix view: `at(r, c) = data[r · rs + c · cs]`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// Row-major `rows × cols`.
+    fn rows(data: &'a [f32], cols: usize) -> View<'a> {
+        View {
+            data,
+            rs: cols,
+            cs: 1,
+        }
     }
-    let mut sum = 0f32;
-    for pj in p.iter_mut().take(i + 1) {
-        *pj = (*pj - m).exp();
-        sum += *pj;
+    /// The transpose of a row-major matrix with `cols` columns.
+    fn t(data: &'a [f32], cols: usize) -> View<'a> {
+        View {
+            data,
+            rs: 1,
+            cs: cols,
+        }
     }
-    let inv = 1.0 / sum;
-    p.iter_mut().take(i + 1).for_each(|x| *x *= inv);
+    /// Whether an `r × c` matrix fits.
+    fn fits(&self, r: usize, c: usize) -> bool {
+        r == 0 || c == 0 || (r - 1) * self.rs + (c - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `c (m × n, row-major) = a (m × k) · b (k × n)`, or `c += …` with `add`; on this thread
+/// (attention runs one task per head), so the sums' order is fixed.
+fn matmul(m: usize, n: usize, k: usize, c: &mut [f32], add: bool, a: View, b: View) {
+    assert!(
+        c.len() >= m * n && a.fits(m, k) && b.fits(k, n),
+        "matmul operands"
+    );
+    // SAFETY: every index the product reads or writes is inside the slices (checked above).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            add,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Causal softmax probabilities `P (t × t)` of one head: `softmax(scale · Q Kᵀ)` with keys
+/// after the query masked (zero).
+fn probs(q: &[f32], k: &[f32], t: usize, d: usize, scale: f32, p: &mut [f32]) {
+    matmul(t, t, d, p, false, View::rows(q, d), View::t(k, d));
+    for (i, row) in p.chunks_mut(t).enumerate() {
+        let (live, masked) = row.split_at_mut(i + 1);
+        let m = live.iter().fold(f32::NEG_INFINITY, |m, x| m.max(x * scale));
+        let mut sum = 0f32;
+        for x in live.iter_mut() {
+            *x = (*x * scale - m).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        live.iter_mut().for_each(|x| *x *= inv);
+        masked.fill(0.0);
+    }
 }
 
 impl CustomOp3 for Attention {
@@ -131,14 +191,9 @@ impl CustomOp3 for Attention {
             let kv = (b * dm.hkv + h / rep) * t * d;
             let (kb, vb) = (&k[kv..kv + t * d], &v[kv..kv + t * d]);
             let qb = &q[bh * t * d..][..t * d];
-            let mut p = vec![0f32; t];
-            for i in 0..t {
-                probs(&qb[i * d..][..d], kb, i, d, scale, &mut p);
-                let oi = &mut ob[i * d..][..d];
-                for (j, pj) in p.iter().enumerate().take(i + 1) {
-                    axpy(oi, *pj, &vb[j * d..][..d]);
-                }
-            }
+            let mut p = vec![0f32; t * t];
+            probs(qb, kb, t, d, scale, &mut p);
+            matmul(t, d, t, ob, false, View::rows(&p, t), View::rows(vb, d));
         });
         Ok((CpuStorage::F32(o), l1.shape().clone()))
     }
@@ -171,30 +226,27 @@ impl CustomOp3 for Attention {
                 let kvh = g % dm.hkv;
                 let kb = &kh[g * t * d..][..t * d];
                 let vb = &vh[g * t * d..][..t * d];
-                let mut p = vec![0f32; t];
-                let mut ds = vec![0f32; t];
+                let mut p = vec![0f32; t * t];
+                let mut ds = vec![0f32; t * t];
                 for r in 0..rep {
                     let bh = b * dm.h + kvh * rep + r;
                     let qb = &qh[bh * t * d..][..t * d];
                     let ob = &oh[bh * t * d..][..t * d];
                     let gb = &gh[bh * t * d..][..t * d];
                     let dqb = &mut dqg[r * t * d..][..t * d];
-                    for i in 0..t {
-                        let qi = &qb[i * d..][..d];
-                        let gi = &gb[i * d..][..d];
-                        probs(qi, kb, i, d, scale, &mut p);
-                        let di = dot(gi, &ob[i * d..][..d]);
-                        for j in 0..=i {
-                            let vj = &vb[j * d..][..d];
-                            ds[j] = p[j] * (dot(gi, vj) - di) * scale;
-                            axpy(&mut dvb[j * d..][..d], p[j], gi);
-                        }
-                        let dqi = &mut dqb[i * d..][..d];
-                        for j in 0..=i {
-                            axpy(dqi, ds[j], &kb[j * d..][..d]);
-                            axpy(&mut dkb[j * d..][..d], ds[j], qi);
+                    probs(qb, kb, t, d, scale, &mut p);
+                    // dP = dO Vᵀ, then dS = P ∘ (dP − rowsum(dO ∘ O)) · scale.
+                    matmul(t, t, d, &mut ds, false, View::rows(gb, d), View::t(vb, d));
+                    for (i, (dsi, pi)) in ds.chunks_mut(t).zip(p.chunks(t)).enumerate() {
+                        let di = dot(&gb[i * d..][..d], &ob[i * d..][..d]);
+                        for (x, pj) in dsi.iter_mut().zip(pi) {
+                            *x = pj * (*x - di) * scale;
                         }
                     }
+                    // dV += Pᵀ dO, dQ = dS K, dK += dSᵀ Q.
+                    matmul(t, d, t, dvb, true, View::t(&p, t), View::rows(gb, d));
+                    matmul(t, d, t, dqb, false, View::rows(&ds, t), View::rows(kb, d));
+                    matmul(t, d, t, dkb, true, View::t(&ds, t), View::rows(qb, d));
                 }
             });
         let dev = q.device();
@@ -351,76 +403,6 @@ impl CustomOp1 for Rope {
         let g = host(grad)?;
         let mut dx = vec![0f32; g.len()];
         self.rotate(&g, &mut dx, x.dims(), -1.0);
-        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
-    }
-}
-
-/// The summed cross-entropy of `logits` (rows, vocab) against `targets` (one per row), as a
-/// scalar; the backward recomputes the softmax instead of keeping it.
-pub fn cross_entropy_sum(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
-    logits.contiguous()?.apply_op1(CrossEntropy {
-        targets: targets.to_vec(),
-    })
-}
-
-struct CrossEntropy {
-    targets: Vec<u32>,
-}
-
-/// (max, log Σ exp(x − max)) of a row.
-fn lse(row: &[f32]) -> (f32, f32) {
-    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let s: f64 = row.iter().map(|x| ((x - m) as f64).exp()).sum();
-    (m, s.ln() as f32)
-}
-
-impl CustomOp1 for CrossEntropy {
-    fn name(&self) -> &'static str {
-        "cross-entropy"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, "cross-entropy")?;
-        let dims = l.dims();
-        let (rows, vocab) = match dims {
-            [r, v] if *r == self.targets.len() => (*r, *v),
-            _ => candle_core::bail!(
-                "cross-entropy: logits {dims:?} for {} targets",
-                self.targets.len()
-            ),
-        };
-        let _ = rows;
-        if let Some(t) = self.targets.iter().find(|&&t| t as usize >= vocab) {
-            candle_core::bail!("cross-entropy: target {t} is outside the vocabulary of {vocab}");
-        }
-        // Rows in parallel, summed in order: a parallel sum's order (and so its last bit)
-        // would depend on the thread pool, and a resumed run must log the same losses.
-        let per_row: Vec<f64> = x
-            .par_chunks(vocab)
-            .zip(self.targets.par_iter())
-            .map(|(row, &tg)| {
-                let (m, l) = lse(row);
-                (m + l - row[tg as usize]) as f64
-            })
-            .collect();
-        let total: f64 = per_row.iter().sum();
-        Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
-    }
-
-    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let g = grad.to_scalar::<f32>()?;
-        let xh = host(x)?;
-        let vocab = x.dims()[1];
-        let mut dx = vec![0f32; xh.len()];
-        dx.par_chunks_mut(vocab)
-            .zip(xh.par_chunks(vocab).zip(self.targets.par_iter()))
-            .for_each(|(dr, (row, &tg))| {
-                let (m, l) = lse(row);
-                for (d, x) in dr.iter_mut().zip(row) {
-                    *d = g * (x - m - l).exp();
-                }
-                dr[tg as usize] -= g;
-            });
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
