@@ -44,7 +44,8 @@ pub struct LoraVars {
 
 struct Projection {
     w: Arc<Frozen>,
-    bias: Option<Tensor>,
+    /// The frozen bias, read to the host once.
+    bias: Option<Arc<[f32]>>,
     lora: LoraVars,
 }
 
@@ -100,7 +101,10 @@ impl TrainModel {
                     .collect();
                 proj.push(Projection {
                     w: frozen(lin)?,
-                    bias: lin.bias().cloned(),
+                    bias: match lin.bias() {
+                        Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?.into()),
+                        None => None,
+                    },
                     lora: LoraVars {
                         a: Var::from_tensor(&Tensor::from_vec(a, (spec.rank, inp), &dev)?)?,
                         b: Var::zeros((out, spec.rank), DType::F32, &dev)?,
@@ -174,20 +178,14 @@ impl TrainModel {
     }
 
     fn project(&self, p: &Projection, x: &Tensor) -> Result<Tensor> {
-        let mut y = p.w.forward(x)?;
-        if let Some(b) = &p.bias {
-            y = y.broadcast_add(b)?;
-        }
-        let dims = x.dims().to_vec();
-        let inp = *dims.last().expect("a last dimension");
-        let rows = x.elem_count() / inp;
-        let x2 = x.reshape((rows, inp))?;
-        let ba = x2
-            .matmul(&p.lora.a.as_tensor().t()?)?
-            .matmul(&p.lora.b.as_tensor().t()?)?;
-        let mut out = dims;
-        *out.last_mut().expect("a last dimension") = p.w.shape().0;
-        y + (ba * self.scale())?.reshape(out)?
+        super::frozen::lora_projection(
+            x,
+            &p.w,
+            p.bias.as_ref(),
+            p.lora.a.as_tensor(),
+            p.lora.b.as_tensor(),
+            self.scale() as f32,
+        )
     }
 
     /// Final hidden states (batch, len, hidden) of right-padded `ids` (batch, len). With right

@@ -83,7 +83,7 @@ impl Dims {
 
 /// A matrix view: `at(r, c) = data[r · rs + c · cs]`.
 #[derive(Clone, Copy)]
-struct View<'a> {
+pub(crate) struct View<'a> {
     data: &'a [f32],
     rs: usize,
     cs: usize,
@@ -91,7 +91,7 @@ struct View<'a> {
 
 impl<'a> View<'a> {
     /// Row-major `rows × cols`.
-    fn rows(data: &'a [f32], cols: usize) -> View<'a> {
+    pub(crate) fn rows(data: &'a [f32], cols: usize) -> View<'a> {
         View {
             data,
             rs: cols,
@@ -99,7 +99,7 @@ impl<'a> View<'a> {
         }
     }
     /// The transpose of a row-major matrix with `cols` columns.
-    fn t(data: &'a [f32], cols: usize) -> View<'a> {
+    pub(crate) fn t(data: &'a [f32], cols: usize) -> View<'a> {
         View {
             data,
             rs: 1,
@@ -115,10 +115,32 @@ impl<'a> View<'a> {
 /// `c (m × n, row-major) = a (m × k) · b (k × n)`, or `c += …` with `add`; on this thread
 /// (attention runs one task per head), so the sums' order is fixed.
 fn matmul(m: usize, n: usize, k: usize, c: &mut [f32], add: bool, a: View, b: View) {
+    product(m, n, k, c, add, 1.0, a, b, false);
+}
+
+/// `c = [c +] scale · a b` (`c` row-major `m × n`); `parallel` splits the output over the
+/// thread pool (each element's sum keeps its order, so the result is the same either way).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    add: bool,
+    scale: f32,
+    a: View,
+    b: View,
+    parallel: bool,
+) {
     assert!(
         c.len() >= m * n && a.fits(m, k) && b.fits(k, n),
         "matmul operands"
     );
+    let par = if parallel {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: every index the product reads or writes is inside the slices (checked above).
     unsafe {
         gemm::gemm(
@@ -136,11 +158,11 @@ fn matmul(m: usize, n: usize, k: usize, c: &mut [f32], add: bool, a: View, b: Vi
             b.cs as isize,
             b.rs as isize,
             1.0,
-            1.0,
+            scale,
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            par,
         );
     }
 }
